@@ -1,0 +1,3 @@
+"""telerad: an open-source teleradiology platform."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The image archive: ingest, index, query and retrieve."""

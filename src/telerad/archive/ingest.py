@@ -1,0 +1,175 @@
+"""The one ingest path: C-STORE, STOW-RS and ``telerad import`` all call :func:`store`.
+
+Order of durability (issue #2 §3): the blob is fsync'd and renamed into place, then the index row is
+committed, and only then does the caller answer success. A failure never answers success.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from telerad.archive.errors import DUPLICATE_SOP_INSTANCE, OUT_OF_RESOURCES, PROCESSING_FAILURE, RejectedObject
+from telerad.archive.parse import SERIES_TAGS, STUDY_TAGS, ParsedObject, level_json, parse_object
+from telerad.context import Context
+from telerad.db.models import Instance, Patient, Series, StoreConflict, Study
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same UID, same bytes: success, nothing new written
+    CONFLICT = "conflict"  # same UID, different bytes: first kept, conflict recorded, sender told
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    outcome: Outcome
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    study_uid: str = ""
+    series_uid: str = ""
+    status: int = 0x0000  # DICOM status (PS3.4 B.2.3) that reports this outcome
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in (Outcome.STORED, Outcome.DUPLICATE)
+
+
+def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResult:
+    """Store one DICOM object for ``site_id``. Never raises for bad input: the result says why."""
+    s = ctx.settings
+    if len(raw) > s.max_object_bytes:
+        return StoreResult(Outcome.REJECTED, status=OUT_OF_RESOURCES,
+                           reason=f"object of {len(raw)} bytes exceeds the maximum of {s.max_object_bytes}")
+    try:
+        obj = parse_object(raw, max_rows=s.max_rows, max_columns=s.max_columns, max_frames=s.max_frames)
+    except RejectedObject as exc:
+        return StoreResult(Outcome.REJECTED, status=exc.status, reason=exc.reason)
+    except Exception as exc:  # a parser bug must not take the server down or answer success
+        log.exception("unexpected failure parsing an object from %s", source)
+        return StoreResult(Outcome.REJECTED, status=PROCESSING_FAILURE, reason=f"cannot process object: {exc}")
+
+    try:
+        key, size = ctx.blobs.put(obj.data)
+    except OSError as exc:
+        log.exception("blob write failed")
+        return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, f"storage failure: {exc.strerror or exc}")
+
+    for attempt in range(5):
+        try:
+            with ctx.db.session(write=True) as session:
+                return _index(session, site_id, obj, key, size, source)
+        except (IntegrityError, OperationalError) as exc:
+            # A concurrent association created the same patient/study/series first: retry sees it.
+            log.info("index race on %s (attempt %d): %s", obj.sop_instance_uid, attempt + 1, exc)
+        except Exception as exc:
+            log.exception("index failure")
+            return _result(obj, Outcome.REJECTED, PROCESSING_FAILURE, f"index failure: {exc}")
+    return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, "database busy, try again")
+
+
+def _result(obj: ParsedObject, outcome: Outcome, status: int = 0, reason: str = "") -> StoreResult:
+    return StoreResult(outcome, obj.sop_instance_uid, obj.sop_class_uid, obj.study_uid, obj.series_uid,
+                       status, reason)
+
+
+def _s(ds: object, keyword: str, limit: int) -> str:
+    v = getattr(ds, keyword, None)
+    if v is None:
+        return ""
+    return str(v).strip("\0 ")[:limit]
+
+
+def _n(ds: object, keyword: str) -> int | None:
+    try:
+        v = getattr(ds, keyword, None)
+        return int(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: int, source: str) -> StoreResult:
+    existing = session.execute(
+        select(Instance.blob_key).where(Instance.site_id == site_id, Instance.sop_uid == obj.sop_instance_uid)
+    ).scalar_one_or_none()
+    if existing is not None:
+        if existing == key:
+            return _result(obj, Outcome.DUPLICATE)
+        session.add(StoreConflict(site_id=site_id, sop_uid=obj.sop_instance_uid, kept_blob_key=existing,
+                                  received_sha256=key, received_size=size, source=source[:64]))
+        return _result(obj, Outcome.CONFLICT, DUPLICATE_SOP_INSTANCE,
+                       "an instance with this SOP Instance UID and different content is already stored; "
+                       "the first copy was kept")
+
+    ds = obj.dataset
+    study = session.execute(
+        select(Study).where(Study.site_id == site_id, Study.study_uid == obj.study_uid)
+    ).scalar_one_or_none()
+    if study is None:
+        patient = _patient(session, site_id, ds)
+        study = Study(
+            site_id=site_id, patient_fk=patient.id, study_uid=obj.study_uid,
+            study_date=_s(ds, "StudyDate", 8), study_time=_s(ds, "StudyTime", 16),
+            accession_number=_s(ds, "AccessionNumber", 16), study_id=_s(ds, "StudyID", 16),
+            description=_s(ds, "StudyDescription", 64), referring_physician=_s(ds, "ReferringPhysicianName", 324),
+            attributes_json=level_json(obj.metadata, STUDY_TAGS), num_series=0, num_instances=0, modalities="",
+        )
+        session.add(study)
+        session.flush()
+    series = session.execute(
+        select(Series).where(Series.site_id == site_id, Series.series_uid == obj.series_uid)
+    ).scalar_one_or_none()
+    new_series = series is None
+    if series is None:
+        series = Series(
+            site_id=site_id, study_fk=study.id, series_uid=obj.series_uid, modality=_s(ds, "Modality", 16),
+            series_number=_n(ds, "SeriesNumber"), description=_s(ds, "SeriesDescription", 64),
+            body_part=_s(ds, "BodyPartExamined", 16),
+            pps_start_date=_s(ds, "PerformedProcedureStepStartDate", 8),
+            pps_start_time=_s(ds, "PerformedProcedureStepStartTime", 16),
+            attributes_json=level_json(obj.metadata, SERIES_TAGS), num_instances=0,
+        )
+        session.add(series)
+        session.flush()
+    session.add(Instance(
+        site_id=site_id, series_fk=series.id, sop_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
+        instance_number=_n(ds, "InstanceNumber"), transfer_syntax_uid=obj.transfer_syntax_uid,
+        rows=_n(ds, "Rows"), columns=_n(ds, "Columns"), number_of_frames=obj.number_of_frames,
+        blob_key=key, size=size, metadata_json=json.dumps(obj.metadata, separators=(",", ":")),
+        frames_json=json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
+        source_ae=source[:64],
+    ))
+    session.execute(update(Series).where(Series.id == series.id)
+                    .values(num_instances=Series.num_instances + 1))
+    values: dict[str, object] = {"num_instances": Study.num_instances + 1}
+    if new_series:
+        values["num_series"] = Study.num_series + 1
+        modalities = [m for m in study.modalities.split("\\") if m]
+        if series.modality and series.modality not in modalities:
+            values["modalities"] = "\\".join(sorted([*modalities, series.modality]))
+    session.execute(update(Study).where(Study.id == study.id).values(**values))
+    return _result(obj, Outcome.STORED)
+
+
+def _patient(session: Session, site_id: int, ds: object) -> Patient:
+    pid, issuer = _s(ds, "PatientID", 64), _s(ds, "IssuerOfPatientID", 64)
+    patient = session.execute(
+        select(Patient).where(Patient.site_id == site_id, Patient.patient_id == pid, Patient.issuer == issuer)
+    ).scalar_one_or_none()
+    if patient is None:
+        patient = Patient(site_id=site_id, patient_id=pid, issuer=issuer,
+                          patient_name=_s(ds, "PatientName", 324), birth_date=_s(ds, "PatientBirthDate", 8),
+                          sex=_s(ds, "PatientSex", 16))
+        session.add(patient)
+        session.flush()
+    return patient

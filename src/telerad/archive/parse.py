@@ -1,0 +1,288 @@
+"""Turn received bytes into what the archive stores: a Part 10 file with a zeroed preamble, the index
+attributes, the DICOM JSON metadata and the byte position of every frame.
+
+Pure functions, no I/O beyond the bytes given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    PYDICOM_IMPLEMENTATION_UID,
+)
+
+from telerad.archive.errors import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES, RejectedObject
+
+PREAMBLE = b"\x00" * 128
+BULK_THRESHOLD = 1024
+BASE_PLACEHOLDER = "{{TELERAD_BASE}}"  # replaced by the DICOMweb base URL when metadata is served
+PIXEL_TAGS = {0x7FE00010: "7FE00010", 0x7FE00008: "7FE00008", 0x7FE00009: "7FE00009"}
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+# Attributes kept at study and series level (PS3.18 Table 6.7.1-2 / QIDO-RS return keys, PS3.4 C.6.2.1.2)
+STUDY_TAGS = {
+    "00080005", "00080020", "00080030", "00080050", "00080051", "00080056", "00080061", "00080062",
+    "00080090", "00081030", "00081032", "0020000D", "00200010", "00080201", "00101002",
+}
+SERIES_TAGS = {
+    "00080005", "00080060", "0020000E", "00200011", "0008103E", "00080021", "00080031", "00180015",
+    "00400244", "00400245", "00400275", "00080201", "00081040", "00081050", "00200060",
+}
+
+
+@dataclass
+class ParsedObject:
+    """Everything the index needs, computed once at ingest."""
+
+    data: bytes  # normalised Part 10 bytes (zero preamble)
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    dataset: Dataset  # without pixel data
+    metadata: dict[str, Any]
+    frames: list[list[tuple[int, int]]] | None  # per frame, (offset, length) of each fragment in `data`
+    number_of_frames: int
+
+
+def normalise_part10(raw: bytes) -> bytes:
+    """Return Part 10 bytes with a zeroed 128-byte preamble (CVE-2019-11687).
+
+    Objects without a preamble or file meta group (raw datasets, as some old files are) get a file meta
+    group built from their own SOP Class/Instance UIDs; the dataset bytes are kept as they were.
+    """
+    if len(raw) >= 132 and raw[128:132] == b"DICM":
+        return PREAMBLE + raw[128:]
+    if raw[:4] == b"DICM":
+        return PREAMBLE + raw
+    try:
+        ds = pydicom.dcmread(BytesIO(raw), force=True, stop_before_pixels=True)
+    except Exception as exc:
+        raise RejectedObject(CANNOT_UNDERSTAND, f"not a DICOM object: {exc}") from exc
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        raise RejectedObject(CANNOT_UNDERSTAND, "not a DICOM object: no File Meta and no SOP UIDs")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if ds.original_encoding[0] else "1.2.840.10008.1.2.1"
+    )
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    buf = BytesIO()
+    buf.write(PREAMBLE + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue() + raw
+
+
+def _uid(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None or str(value).strip("\0 ") == "":
+        raise RejectedObject(CANNOT_UNDERSTAND, f"missing {keyword}")
+    uid = str(value).strip("\0 ")
+    if len(uid) > 64 or not _UID.match(uid):
+        raise RejectedObject(CANNOT_UNDERSTAND, f"invalid {keyword}: {uid[:80]!r}")
+    return uid
+
+
+def _int(ds: Dataset, keyword: str, default: int = 0) -> int:
+    try:
+        v = ds.get(keyword)
+        return int(v) if v not in (None, "") else default
+    except (TypeError, ValueError):
+        return default
+
+
+def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int) -> ParsedObject:
+    """Validate and index one received object (PS3.10 file). Raises :class:`RejectedObject`."""
+    data = normalise_part10(raw)
+    fp = BytesIO(data)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True)
+    except Exception as exc:
+        raise RejectedObject(CANNOT_UNDERSTAND, f"cannot parse DICOM: {exc}") from exc
+    pixel_pos = fp.tell()
+    meta = ds.file_meta
+    ts = str(meta.get("TransferSyntaxUID", "")).strip("\0 ")
+    if not ts:
+        raise RejectedObject(CANNOT_UNDERSTAND, "file meta has no Transfer Syntax UID")
+    sop_class = _uid(ds, "SOPClassUID")
+    sop_uid = _uid(ds, "SOPInstanceUID")
+    study_uid = _uid(ds, "StudyInstanceUID")
+    series_uid = _uid(ds, "SeriesInstanceUID")
+    ms_uid = str(meta.get("MediaStorageSOPInstanceUID", sop_uid)).strip("\0 ")
+    if ms_uid and ms_uid != sop_uid:
+        raise RejectedObject(DATASET_MISMATCH, "Media Storage SOP Instance UID differs from SOP Instance UID")
+
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    if rows > max_rows or cols > max_columns:
+        raise RejectedObject(OUT_OF_RESOURCES, f"image {rows}x{cols} exceeds the configured maximum")
+    nframes = _int(ds, "NumberOfFrames", 1)
+    if nframes > max_frames:
+        raise RejectedObject(OUT_OF_RESOURCES, f"{nframes} frames exceed the configured maximum")
+
+    frames: list[list[tuple[int, int]]] | None = None
+    pixel_tag: int | None = None
+    if ts != DeflatedExplicitVRLittleEndian and pixel_pos < len(data):
+        pixel_tag, frames = _index_pixel_data(data, pixel_pos, ds, ts, nframes)
+    elif ts == DeflatedExplicitVRLittleEndian:
+        pixel_tag = _deflated_pixel_tag(data)
+
+    metadata = _to_json(ds, pixel_tag)
+    return ParsedObject(
+        data=data,
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_uid,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        transfer_syntax_uid=ts,
+        dataset=ds,
+        metadata=metadata,
+        frames=frames,
+        number_of_frames=nframes if pixel_tag is not None else 0,
+    )
+
+
+def _deflated_pixel_tag(data: bytes) -> int | None:
+    ds = pydicom.dcmread(BytesIO(data))
+    for tag in PIXEL_TAGS:
+        if tag in ds:
+            return tag
+    return None
+
+
+def _index_pixel_data(
+    data: bytes, pos: int, ds: Dataset, ts: str, nframes: int
+) -> tuple[int | None, list[list[tuple[int, int]]] | None]:
+    """Locate each frame's bytes (PS3.5 A.4 encapsulation; native frames are contiguous, PS3.5 8.1.1)."""
+    little = ts != ExplicitVRBigEndian
+    end = "<" if little else ">"
+    group, elem = struct.unpack_from(end + "HH", data, pos)
+    tag = (group << 16) | elem
+    if tag not in PIXEL_TAGS:
+        return None, None
+    # Trust the bytes, not the meta: some senders write implicit VR under an explicit transfer syntax.
+    implicit = data[pos + 4 : pos + 6] not in (b"OB", b"OW", b"OF", b"OD", b"UN")
+    if implicit:
+        (length,) = struct.unpack_from(end + "I", data, pos + 4)
+        value = pos + 8
+    else:
+        (length,) = struct.unpack_from(end + "I", data, pos + 8)
+        value = pos + 12
+    if length != 0xFFFFFFFF:
+        if value + length > len(data):
+            raise RejectedObject(CANNOT_UNDERSTAND, "pixel data runs past the end of the object")
+        return tag, _native_frames(ds, value, length, nframes)
+    return tag, _encapsulated_frames(data, value, nframes, ts, ds)
+
+
+def _native_frames(ds: Dataset, value: int, length: int, nframes: int) -> list[list[tuple[int, int]]] | None:
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    spp = _int(ds, "SamplesPerPixel", 1)
+    bits = _int(ds, "BitsAllocated", 0)
+    if not rows or not cols or not bits:
+        raise RejectedObject(CANNOT_UNDERSTAND, "pixel data without Rows, Columns or Bits Allocated")
+    pixels = rows * cols * spp
+    if "YBR_FULL_422" == str(ds.get("PhotometricInterpretation", "")):
+        pixels = rows * cols * 2  # PS3.3 C.7.6.3.1.2: two samples per pixel on average
+    if bits == 1:
+        if pixels % 8:  # frames are not byte aligned; serve them by decoding the whole value
+            return None
+        frame_len = pixels // 8
+    else:
+        frame_len = pixels * (bits // 8)
+    if frame_len * nframes > length:
+        raise RejectedObject(
+            CANNOT_UNDERSTAND,
+            f"pixel data holds {length} bytes, {frame_len * nframes} expected for {nframes} frame(s)",
+        )
+    return [[(value + i * frame_len, frame_len)] for i in range(nframes)]
+
+
+def _encapsulated_frames(
+    data: bytes, pos: int, nframes: int, ts: str, ds: Dataset
+) -> list[list[tuple[int, int]]] | None:
+    items: list[tuple[int, int, int]] = []  # (item tag offset, value offset, length)
+    n = len(data)
+    while True:
+        if pos + 8 > n:
+            raise RejectedObject(CANNOT_UNDERSTAND, "encapsulated pixel data is truncated")
+        group, elem, length = struct.unpack_from("<HHI", data, pos)
+        if (group, elem) == (0xFFFE, 0xE0DD):
+            break
+        if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF or pos + 8 + length > n:
+            raise RejectedObject(CANNOT_UNDERSTAND, "malformed encapsulated pixel data item")
+        items.append((pos, pos + 8, length))
+        pos += 8 + length
+    if not items:
+        raise RejectedObject(CANNOT_UNDERSTAND, "encapsulated pixel data has no Basic Offset Table item")
+    bot, fragments = items[0], items[1:]
+    if not fragments:
+        raise RejectedObject(CANNOT_UNDERSTAND, "encapsulated pixel data has no fragments")
+    frags = [(v, length) for _, v, length in fragments]
+    if nframes == 1:
+        return [frags]
+    if len(fragments) == nframes:
+        return [[f] for f in frags]
+    first_item = fragments[0][0]
+    starts: list[int] | None = None
+    if "ExtendedOffsetTable" in ds:
+        raw = ds.ExtendedOffsetTable
+        starts = list(struct.unpack(f"<{len(raw) // 8}Q", raw))
+    elif bot[2] >= 4 * nframes:
+        starts = list(struct.unpack_from(f"<{nframes}I", data, bot[1]))
+    if starts is not None and len(starts) == nframes:
+        by_start = {item_pos - first_item: i for i, (item_pos, _, _) in enumerate(fragments)}
+        if all(s in by_start for s in starts):
+            idx = [by_start[s] for s in starts] + [len(frags)]
+            return [frags[idx[i] : idx[i + 1]] for i in range(nframes)]
+    # No usable offset table: a new frame starts at each JPEG SOI / JPEG 2000 SOC marker.
+    markers = (b"\xff\xd8", b"\xff\x4f\xff\x51")
+    out: list[list[tuple[int, int]]] = []
+    for off, length in frags:
+        if any(data[off : off + len(m)] == m for m in markers) or not out:
+            out.append([(off, length)])
+        else:
+            out[-1].append((off, length))
+    return out if len(out) == nframes else None
+
+
+def _bulk_uri(elem: Any) -> str:
+    return f"{BASE_PLACEHOLDER}/bulk/{elem.tag:08X}"
+
+
+def _to_json(ds: Dataset, pixel_tag: int | None) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2); values over 1 KiB and the pixel data as BulkDataURI.
+
+    BulkDataURIs carry a placeholder for the instance URL, filled in when served.
+    """
+    try:
+        out = ds.to_json_dict(BULK_THRESHOLD, _bulk_uri, suppress_invalid_tags=True)
+    except Exception as exc:  # pragma: no cover - pydicom raises for unencodable values
+        raise RejectedObject(CANNOT_UNDERSTAND, f"cannot represent the object as DICOM JSON: {exc}") from exc
+    if pixel_tag is not None:
+        vr = "OB" if pixel_tag == 0x7FE00010 and _int(ds, "BitsAllocated", 16) <= 8 else "OW"
+        if pixel_tag == 0x7FE00008:
+            vr = "OF"
+        elif pixel_tag == 0x7FE00009:
+            vr = "OD"
+        out[PIXEL_TAGS[pixel_tag]] = {"vr": vr, "BulkDataURI": f"{BASE_PLACEHOLDER}/bulk/{pixel_tag:08X}"}
+    return out
+
+
+def level_json(metadata: dict[str, Any], tags: set[str]) -> str:
+    """The subset of an instance's DICOM JSON kept for a study (patient group included) or series."""
+    picked = {k: v for k, v in metadata.items() if k in tags or (tags is STUDY_TAGS and k.startswith("0010"))}
+    return json.dumps(picked, separators=(",", ":"))

@@ -1,0 +1,94 @@
+"""One typed settings object for the whole process.
+
+Values come, highest priority first, from keyword arguments, ``TELERAD_*`` environment variables,
+the TOML file (``TELERAD_CONFIG`` or ``$TELERAD_HOME/telerad.toml``), then the defaults below.
+Defaults are secure: every listener binds loopback.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("TELERAD_HOME", Path.home() / ".telerad"))
+
+
+def _toml_path() -> Path:
+    explicit = os.environ.get("TELERAD_CONFIG")
+    return Path(explicit) if explicit else _default_home() / "telerad.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TELERAD_", extra="ignore")
+
+    home: Path = Field(default_factory=_default_home, description="Data directory (database, blobs, logs)")
+    database_url: str = Field("", description="SQLAlchemy URL; default SQLite (WAL) in the data directory")
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    ae_title: str = "TELERAD"
+
+    # Ingest caps (issue: an oversized or undecodable object is rejected with a clear reason)
+    max_object_bytes: int = 4 * 1024**3
+    max_rows: int = 65535
+    max_columns: int = 65535
+    max_frames: int = 100_000
+
+    # DIMSE
+    dimse_max_associations: int = 32
+    dimse_max_pdu: int = 262_144
+    dimse_timeout: float = 60.0
+    dimse_tls_cert: Path | None = None
+    dimse_tls_key: Path | None = None
+    dimse_tls_ca: Path | None = Field(None, description="CA bundle; set to require client certificates")
+
+    # DICOMweb
+    dicomweb_default_limit: int = 1000
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        self.home = Path(self.home).expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'telerad.db'}"
+        if len(self.ae_title.strip()) == 0 or len(self.ae_title) > 16:
+            raise ValueError("ae_title must be 1 to 16 characters (PS3.5 AE VR)")
+        return self
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_toml_path())
+        return (init_settings, env_settings, toml)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Build a settings object (tests and CLI options use this instead of the cached one)."""
+    return Settings(**overrides)

@@ -1,0 +1,1 @@
+"""Relational index: SQLAlchemy models, sessions and Alembic migrations."""

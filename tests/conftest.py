@@ -1,0 +1,58 @@
+"""Shared fixtures. The suite runs against SQLite by default and against PostgreSQL when
+TELERAD_TEST_DATABASE_URL is set (``make test`` runs both)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from telerad.archive import registry
+from telerad.config import Settings, make_settings
+from telerad.context import Context
+
+PG_URL = os.environ.get("TELERAD_TEST_DATABASE_URL", "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    overrides: dict[str, object] = {"home": tmp_path / "home", "http_port": free_port(), "dicom_port": free_port()}
+    if PG_URL:
+        _reset_postgres(PG_URL)
+        overrides["database_url"] = PG_URL
+    return make_settings(**overrides)
+
+
+@pytest.fixture
+def ctx(settings: Settings) -> Iterator[Context]:
+    c = Context.open(settings)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def site(ctx: Context) -> registry.Site:
+    return registry.add_site(ctx, "GH", "General Hospital")
+
+
+@pytest.fixture
+def other_site(ctx: Context) -> registry.Site:
+    return registry.add_site(ctx, "RC", "Rural Clinic")
