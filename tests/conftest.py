@@ -4,24 +4,18 @@ TELERAD_TEST_DATABASE_URL is set (``make test`` runs both)."""
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from support import free_port
 
 from telerad.archive import registry
 from telerad.config import Settings, make_settings
 from telerad.context import Context
 
 PG_URL = os.environ.get("TELERAD_TEST_DATABASE_URL", "")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _reset_postgres(url: str) -> None:

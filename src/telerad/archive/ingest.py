@@ -15,7 +15,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from telerad.archive.errors import DUPLICATE_SOP_INSTANCE, OUT_OF_RESOURCES, PROCESSING_FAILURE, RejectedObject
+from telerad.archive.errors import (
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    RejectedObject,
+)
 from telerad.archive.parse import SERIES_TAGS, STUDY_TAGS, ParsedObject, level_json, parse_object
 from telerad.context import Context
 from telerad.db.models import Instance, Patient, Series, StoreConflict, Study

@@ -17,10 +17,10 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
-    PYDICOM_IMPLEMENTATION_UID,
 )
 
 from telerad.archive.errors import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES, RejectedObject

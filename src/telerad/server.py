@@ -1,0 +1,25 @@
+"""``telerad serve``: HTTP (DICOMweb) and DICOM (DIMSE) listeners in one process."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from telerad.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: Context) -> None:
+    from telerad.adapters.dimse.server import start_dimse
+    from telerad.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    s = ctx.settings
+    dimse = start_dimse(ctx)
+    log.info("DICOM listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
+    try:
+        uvicorn.run(create_app(ctx), host=s.http_host, port=s.http_port, log_level="info")
+    finally:
+        dimse.shutdown()
