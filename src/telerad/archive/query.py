@@ -1,0 +1,263 @@
+"""Attribute matching for QIDO-RS and C-FIND: one implementation for both transports.
+
+Matching follows PS3.4 C.2.2.2: single value, list of UIDs (C.2.2.2.2), universal (empty value or "*",
+C.2.2.2.3), wild card ``*``/``?`` (C.2.2.2.4), date/time range (C.2.2.2.5). Person names match
+case-insensitively (PS3.4 C.2.2.2.1 leaves PN case sensitivity to the SCP; dcm4chee and Orthanc do the same).
+Queries are relational (PS3.4 C.4.1.2.2): any supported key at or above the queried level may be matched.
+Every query is scoped to one site: the caller passes the site id it resolved once at the edge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy.orm import InstrumentedAttribute
+
+from telerad.context import Context
+from telerad.db.models import Instance, Patient, Series, Study
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_RANK = {lvl: i for i, lvl in enumerate(LEVELS)}
+
+
+class QueryError(ValueError):
+    """A key or value that cannot be matched (maps to HTTP 400 / C-FIND 0xA900)."""
+
+
+@dataclass(frozen=True)
+class Attr:
+    tag: str
+    vr: str
+    level: str
+    column: Any  # InstrumentedAttribute, or None for computed return keys
+    matchable: bool = True
+
+
+def _a(tag: str, vr: str, level: str, column: Any, matchable: bool = True) -> Attr:
+    return Attr(tag, vr, level, column, matchable)
+
+
+ATTRIBUTES: dict[str, Attr] = {a.tag: a for a in [
+    _a("00100010", "PN", "PATIENT", Patient.patient_name),
+    _a("00100020", "LO", "PATIENT", Patient.patient_id),
+    _a("00100021", "LO", "PATIENT", Patient.issuer),
+    _a("00100030", "DA", "PATIENT", Patient.birth_date),
+    _a("00100040", "CS", "PATIENT", Patient.sex),
+    _a("00201200", "IS", "PATIENT", None, False),  # Number of Patient Related Studies
+    _a("00201202", "IS", "PATIENT", None, False),  # ... Series
+    _a("00201204", "IS", "PATIENT", None, False),  # ... Instances
+    _a("0020000D", "UI", "STUDY", Study.study_uid),
+    _a("00080020", "DA", "STUDY", Study.study_date),
+    _a("00080030", "TM", "STUDY", Study.study_time),
+    _a("00080050", "SH", "STUDY", Study.accession_number),
+    _a("00200010", "SH", "STUDY", Study.study_id),
+    _a("00081030", "LO", "STUDY", Study.description),
+    _a("00080090", "PN", "STUDY", Study.referring_physician),
+    _a("00080061", "CS", "STUDY", Study.modalities),  # Modalities in Study: matched against its series
+    _a("00201206", "IS", "STUDY", Study.num_series, False),
+    _a("00201208", "IS", "STUDY", Study.num_instances, False),
+    _a("0020000E", "UI", "SERIES", Series.series_uid),
+    _a("00080060", "CS", "SERIES", Series.modality),
+    _a("00200011", "IS", "SERIES", Series.series_number),
+    _a("0008103E", "LO", "SERIES", Series.description),
+    _a("00180015", "CS", "SERIES", Series.body_part),
+    _a("00400244", "DA", "SERIES", Series.pps_start_date),
+    _a("00400245", "TM", "SERIES", Series.pps_start_time),
+    _a("00201209", "IS", "SERIES", Series.num_instances, False),
+    _a("00080018", "UI", "IMAGE", Instance.sop_uid),
+    _a("00080016", "UI", "IMAGE", Instance.sop_class_uid),
+    _a("00200013", "IS", "IMAGE", Instance.instance_number),
+    _a("00280010", "US", "IMAGE", Instance.rows),
+    _a("00280011", "US", "IMAGE", Instance.columns),
+    _a("00280008", "IS", "IMAGE", Instance.number_of_frames),
+    _a("00083002", "UI", "IMAGE", Instance.transfer_syntax_uid),  # Available Transfer Syntax UID
+]}
+
+
+def supported_keys(level: str) -> set[str]:
+    """Tags that can be matched at ``level`` (its own and its parents' attributes)."""
+    rank = _level_rank(level)
+    return {t for t, a in ATTRIBUTES.items() if a.matchable and _RANK[a.level] <= rank}
+
+
+def _level_rank(level: str) -> int:
+    try:
+        return _RANK[level.upper()]
+    except KeyError:
+        raise QueryError(f"unknown query level {level!r}") from None
+
+
+def search(
+    ctx: Context,
+    site_id: int,
+    level: str,
+    keys: dict[str, str],
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    include_instance_metadata: bool = False,
+) -> list[dict[str, Any]]:
+    """Find the entities at ``level`` of one site whose attributes match ``keys``; DICOM JSON per match.
+
+    Keys the archive does not index are ignored (treated as universal matching); adapters that must tell
+    the caller use :func:`supported_keys`. With ``include_instance_metadata`` an IMAGE-level result also
+    carries the instance's stored attributes (QIDO ``includefield=all``).
+    """
+    level = level.upper()
+    rank = _level_rank(level)
+    if limit is not None and limit < 0 or offset < 0:
+        raise QueryError("limit and offset must not be negative")
+    conditions: list[ColumnElement[bool]] = []
+    for tag, value in keys.items():
+        attr = ATTRIBUTES.get(tag.upper())
+        if attr is None or not attr.matchable or _RANK[attr.level] > rank:
+            continue
+        cond = _match(attr, value)
+        if cond is not None:
+            conditions.append(cond)
+    q = _base(level, site_id).where(*conditions)
+    order = {"PATIENT": Patient.id, "STUDY": Study.id, "SERIES": Series.id, "IMAGE": Instance.id}[level]
+    q = q.order_by(order).offset(offset)
+    if limit is not None:
+        q = q.limit(limit)
+    with ctx.db.session() as s:
+        rows = s.execute(q).all()
+    return [_to_json(level, row, include_instance_metadata) for row in rows]
+
+
+def _base(level: str, site_id: int) -> Any:
+    if level == "PATIENT":
+        n_studies = select(func.count(Study.id)).where(Study.patient_fk == Patient.id).scalar_subquery()
+        n_series = select(func.coalesce(func.sum(Study.num_series), 0)).where(
+            Study.patient_fk == Patient.id).scalar_subquery()
+        n_inst = select(func.coalesce(func.sum(Study.num_instances), 0)).where(
+            Study.patient_fk == Patient.id).scalar_subquery()
+        return select(Patient, n_studies, n_series, n_inst).where(Patient.site_id == site_id)
+    if level == "STUDY":
+        return (select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
+                .where(Study.site_id == site_id))
+    if level == "SERIES":
+        return (select(Series, Study, Patient).join(Study, Series.study_fk == Study.id)
+                .join(Patient, Study.patient_fk == Patient.id).where(Series.site_id == site_id))
+    return (select(Instance, Series, Study, Patient).join(Series, Instance.series_fk == Series.id)
+            .join(Study, Series.study_fk == Study.id).join(Patient, Study.patient_fk == Patient.id)
+            .where(Instance.site_id == site_id))
+
+
+# --- matching -----------------------------------------------------------------------------------------
+
+def _match(attr: Attr, raw: str) -> ColumnElement[bool] | None:
+    value = (raw or "").strip()
+    if value in ("", "*"):
+        return None  # universal matching
+    if attr.tag == "00080061":
+        mods = [m.strip() for m in value.split("\\") if m.strip()]
+        sub = select(Series.id).where(Series.study_fk == Study.id)
+        return exists(sub.where(or_(*[_string_match(Series.modality, m, False) for m in mods])))
+    col = attr.column
+    if attr.vr == "UI":
+        uids = [u.strip() for u in value.split("\\") if u.strip()]
+        return col.in_(uids) if len(uids) > 1 else col == uids[0]
+    if attr.vr in ("DA", "TM", "DT"):
+        return _range(col, value, attr.vr)
+    if attr.vr in ("IS", "US"):
+        try:
+            nums = [int(v) for v in value.split("\\")]
+        except ValueError:
+            raise QueryError(f"({attr.tag[:4]},{attr.tag[4:]}) expects an integer, got {value!r}") from None
+        return col.in_(nums)
+    values = value.split("\\")
+    pn = attr.vr == "PN"
+    return or_(*[_string_match(col, v, pn) for v in values]) if len(values) > 1 else _string_match(col, value, pn)
+
+
+def _string_match(col: InstrumentedAttribute[Any] | Any, value: str, case_insensitive: bool) -> ColumnElement[bool]:
+    target: Any = func.upper(col) if case_insensitive else col
+    v = value.upper() if case_insensitive else value
+    if "*" in v or "?" in v:
+        pattern = (v.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+                   .replace("*", "%").replace("?", "_"))
+        return target.like(pattern, escape="!")
+    return target == v  # type: ignore[no-any-return]
+
+
+def _range(col: Any, value: str, vr: str) -> ColumnElement[bool]:
+    norm: Callable[[str, bool], str] = _norm_date if vr == "DA" else _norm_time
+    if "-" not in value:
+        if vr == "DA":
+            return col == norm(value, False)  # type: ignore[no-any-return]
+        lo = hi = value  # a single time covers its omitted components (e.g. "0900" is 09:00:00-09:00:59.9)
+    else:
+        lo, _, hi = value.partition("-")
+    conds = []
+    if lo:
+        conds.append(col >= norm(lo, False))
+    if hi:
+        conds.append(col <= norm(hi, True))
+    if not conds:
+        raise QueryError(f"empty range {value!r}")
+    return and_(*conds, col != "")
+
+
+def _norm_date(v: str, _upper: bool) -> str:
+    v = v.strip().replace(".", "")  # ACR-NEMA style dates 2020.01.31
+    if len(v) != 8 or not v.isdigit():
+        raise QueryError(f"invalid date {v!r}, expected YYYYMMDD (PS3.5 DA)")
+    return v
+
+
+def _norm_time(v: str, upper: bool) -> str:
+    v = v.strip().replace(":", "")
+    digits, _, frac = v.partition(".")
+    if not digits.isdigit() or len(digits) not in (2, 4, 6) or (frac and not frac.isdigit()):
+        raise QueryError(f"invalid time {v!r}, expected HHMMSS.FFFFFF (PS3.5 TM)")
+    if upper:
+        return digits.ljust(6, "9") + "." + frac.ljust(6, "9")
+    return digits.ljust(6, "0") + (("." + frac) if frac else "")
+
+
+# --- results ------------------------------------------------------------------------------------------
+
+def _elem(vr: str, value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {"vr": vr}
+    if vr == "PN":
+        return {"vr": vr, "Value": [{"Alphabetic": value}]}
+    if vr == "CS" and isinstance(value, str) and "\\" in value:
+        return {"vr": vr, "Value": value.split("\\")}
+    return {"vr": vr, "Value": [value]}
+
+
+def _columns(out: dict[str, Any], level: str, obj: Any) -> None:
+    for tag, attr in ATTRIBUTES.items():
+        if attr.level == level and attr.column is not None:
+            out[tag] = _elem(attr.vr, getattr(obj, attr.column.key))
+
+
+def _to_json(level: str, row: Any, with_metadata: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if level == "PATIENT":
+        patient, n_studies, n_series, n_inst = row
+        _columns(out, "PATIENT", patient)
+        out["00201200"] = _elem("IS", int(n_studies))
+        out["00201202"] = _elem("IS", int(n_series))
+        out["00201204"] = _elem("IS", int(n_inst))
+        return dict(sorted(out.items()))
+    study, patient = row[-2], row[-1]
+    out.update(json.loads(study.attributes_json or "{}"))
+    _columns(out, "PATIENT", patient)
+    _columns(out, "STUDY", study)
+    if level in ("SERIES", "IMAGE"):
+        series = row[1] if level == "IMAGE" else row[0]
+        out.update(json.loads(series.attributes_json or "{}"))
+        _columns(out, "SERIES", series)
+    if level == "IMAGE":
+        inst = row[0]
+        if with_metadata:
+            out.update(json.loads(inst.metadata_json))
+        _columns(out, "IMAGE", inst)
+    return dict(sorted(out.items()))
