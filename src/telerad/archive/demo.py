@@ -7,7 +7,7 @@ from datetime import date
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from telerad.archive.ingest import StoreResult, store
 from telerad.context import Context
@@ -43,11 +43,11 @@ def _base(patient: tuple[str, str, str, str], study_uid: str, accession: str, de
 
 def to_part10(ds: Dataset, sop_class: str) -> bytes:
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    ds.SOPClassUID = sop_class
+    ds.SOPClassUID = UID(sop_class)
     buf = DicomBytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

@@ -6,6 +6,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from telerad.archive.ingest import Outcome, StoreResult, store
@@ -41,7 +42,7 @@ def _file(p: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
         with zipfile.ZipFile(p) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
-                    yield f"{p}!{info.filename}", (lambda zf=zf, info=info: zf.read(info))
+                    yield f"{p}!{info.filename}", partial(zf.read, info)
     else:
         yield str(p), p.read_bytes
 

@@ -15,11 +15,13 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 
@@ -77,11 +79,9 @@ def normalise_part10(raw: bytes) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = (
-        ImplicitVRLittleEndian if ds.original_encoding[0] else "1.2.840.10008.1.2.1"
-    )
+    meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    buf = BytesIO()
+    buf = DicomBytesIO()
     buf.write(PREAMBLE + b"DICM")
     write_file_meta_info(buf, meta, enforce_standard=True)
     return buf.getvalue() + raw

@@ -1,0 +1,143 @@
+"""The one ingest path: durability, duplicates, conflicts, caps, tenancy."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pydicom
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from sqlalchemy import func, select
+
+from telerad.archive.demo import ct_series
+from telerad.archive.errors import CANNOT_UNDERSTAND, DUPLICATE_SOP_INSTANCE, OUT_OF_RESOURCES
+from telerad.archive.ingest import Outcome, store
+from telerad.config import make_settings
+from telerad.context import Context
+from telerad.db.models import Instance, Patient, Series, StoreConflict, Study
+
+PATIENT = ("Test^Pat", "PID1", "19900101", "M")
+
+
+def count(ctx, model) -> int:
+    with ctx.db.session() as s:
+        return s.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_store_writes_blob_with_zero_preamble_and_index(ctx, site):
+    raw = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    raw = b"\xff" * 128 + raw[128:]  # a hostile preamble (CVE-2019-11687)
+    r = store(ctx, site.id, raw, "test")
+    assert r.outcome is Outcome.STORED and r.status == 0
+    with ctx.db.session() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+    data = ctx.blobs.path(inst.blob_key).read_bytes()
+    assert data[:128] == b"\x00" * 128 and data[128:] == raw[128:]
+    meta = json.loads(inst.metadata_json)
+    assert meta["00100020"]["Value"] == [pydicom.dcmread(io.BytesIO(raw)).PatientID]
+    assert "BulkDataURI" in meta["7FE00010"]
+    frames = json.loads(inst.frames_json)
+    (off, length), = frames[0]
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    assert data[off:off + length] == ds.PixelData
+    assert ctx.blobs.verify(inst.blob_key)
+
+
+def test_duplicate_same_bytes_is_success_without_new_row(ctx, site):
+    raw = ct_series(PATIENT, generate_uid(), "A1", 1, 16)[0]
+    assert store(ctx, site.id, raw).outcome is Outcome.STORED
+    r = store(ctx, site.id, raw)
+    assert r.outcome is Outcome.DUPLICATE and r.ok and r.status == 0
+    assert count(ctx, Instance) == 1
+    with ctx.db.session() as s:
+        study = s.execute(select(Study)).scalar_one()
+    assert study.num_instances == 1
+
+
+def test_conflict_keeps_first_and_records(ctx, site):
+    raw = ct_series(PATIENT, generate_uid(), "A1", 1, 16)[0]
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds.PatientName = "Changed^Name"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert store(ctx, site.id, raw).ok
+    r = store(ctx, site.id, buf.getvalue(), "GH_CT")
+    assert r.outcome is Outcome.CONFLICT and not r.ok and r.status == DUPLICATE_SOP_INSTANCE
+    with ctx.db.session() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+        conflict = s.execute(select(StoreConflict)).scalar_one()
+    assert ctx.blobs.path(inst.blob_key).read_bytes()[128:] == raw[128:]
+    assert conflict.kept_blob_key == inst.blob_key and conflict.source == "GH_CT"
+
+
+def test_same_uids_at_two_sites_are_separate(ctx, site, other_site):
+    raw = ct_series(PATIENT, generate_uid(), "A1", 1, 16)[0]
+    assert store(ctx, site.id, raw).outcome is Outcome.STORED
+    assert store(ctx, other_site.id, raw).outcome is Outcome.STORED
+    assert count(ctx, Patient) == 2 and count(ctx, Study) == 2 and count(ctx, Instance) == 2
+
+
+def test_counts_and_modalities(ctx, site):
+    study = generate_uid()
+    for raw in ct_series(PATIENT, study, "A1", 3, 16) + ct_series(PATIENT, study, "A1", 2, 16):
+        assert store(ctx, site.id, raw).ok
+    with ctx.db.session() as s:
+        st = s.execute(select(Study)).scalar_one()
+        series = s.execute(select(Series.num_instances).order_by(Series.id)).scalars().all()
+    assert (st.num_series, st.num_instances, st.modalities) == (2, 5, "CT")
+    assert series == [3, 2]
+
+
+def test_rejections_have_reasons(ctx, site):
+    assert store(ctx, site.id, b"not dicom at all").status == CANNOT_UNDERSTAND
+    truncated = open(get_testdata_file("MR_truncated.dcm"), "rb").read()
+    r = store(ctx, site.id, truncated)
+    assert r.outcome is Outcome.REJECTED and "pixel data" in r.reason
+    ds = pydicom.dcmread(io.BytesIO(ct_series(PATIENT, generate_uid(), "A", 1, 16)[0]))
+    del ds.StudyInstanceUID
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    r = store(ctx, site.id, buf.getvalue())
+    assert r.status == CANNOT_UNDERSTAND and "StudyInstanceUID" in r.reason
+    assert count(ctx, Instance) == 0
+
+
+def test_caps(tmp_path, site, ctx):
+    small = Context.open(make_settings(home=tmp_path / "h2", database_url=ctx.settings.database_url,
+                                       max_rows=8, max_object_bytes=10_000))
+    try:
+        r = store(small, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
+        assert r.status == OUT_OF_RESOURCES and "exceeds" in r.reason
+        r = store(small, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 128)[0])
+        assert r.status == OUT_OF_RESOURCES and "bytes" in r.reason
+    finally:
+        small.close()
+
+
+def test_multiframe_encapsulated_frames_indexed(ctx, site):
+    from pydicom.encaps import generate_frames
+
+    raw = open(get_testdata_file("examples_ybr_color.dcm"), "rb").read()
+    assert store(ctx, site.id, raw).ok
+    with ctx.db.session() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+    data = ctx.blobs.path(inst.blob_key).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    expected = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    frames = json.loads(inst.frames_json)
+    assert len(frames) == len(expected) == inst.number_of_frames
+    for got, want in zip(frames, expected, strict=True):
+        assert b"".join(data[o:o + n] for o, n in got).rstrip(b"\0") == want.rstrip(b"\0")
+
+
+def test_restart_keeps_everything(ctx, site):
+    raw = ct_series(PATIENT, generate_uid(), "A1", 1, 16)[0]
+    assert store(ctx, site.id, raw).ok
+    ctx.close()
+    again = Context.open(ctx.settings)
+    try:
+        assert count(again, Instance) == 1
+        assert store(again, site.id, raw).outcome is Outcome.DUPLICATE
+    finally:
+        again.close()

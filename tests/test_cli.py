@@ -1,0 +1,80 @@
+"""The ``telerad`` command as a user runs it (a real subprocess, real data directory)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pydicom.data
+from pydicom.uid import generate_uid
+
+from telerad.archive.demo import ct_series
+
+TELERAD = [sys.executable, "-m", "telerad.cli"]
+
+
+def run(settings, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TELERAD_HOME": str(settings.home), "TELERAD_DATABASE_URL": settings.database_url}
+    p = subprocess.run([*TELERAD, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check and p.returncode != 0:
+        raise AssertionError(f"telerad {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def test_init_is_idempotent_and_registry(settings):
+    run(settings, "init")
+    run(settings, "init")
+    run(settings, "site", "add", "--code", "GH", "--name", "General Hospital")
+    dup = run(settings, "site", "add", "--code", "GH", "--name", "Again", check=False)
+    assert dup.returncode != 0 and "already exists" in dup.stderr
+    run(settings, "node", "add", "--site", "GH", "--ae", "GH_CT", "--host", "127.0.0.1", "--port", "11113")
+    bad = run(settings, "node", "add", "--site", "GH", "--ae", "BAD\\AE", "--host", "h", "--port", "1", check=False)
+    assert bad.returncode != 0 and "AE title" in bad.stderr
+    assert "GH\tGH_CT\t127.0.0.1:11113" in run(settings, "node", "list").stdout
+    assert "General Hospital" in run(settings, "site", "list").stdout
+
+
+def test_import_folders_and_zip_then_check(settings, tmp_path: Path):
+    run(settings, "site", "add", "--code", "GH", "--name", "General Hospital")
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    files = ct_series(("Imp^Ort", "IMP1", "", "O"), generate_uid(), "ACC", 4, 16)
+    for i, data in enumerate(files[:2]):
+        (folder / "sub" / f"{i}.dcm").write_bytes(data)
+    (folder / "notes.txt").write_text("not DICOM")
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:
+        for i, data in enumerate(files[2:]):
+            zf.writestr(f"z/{i}.dcm", data)
+        zf.writestr("z/dup.dcm", files[0])
+    p = run(settings, "import", "--site", "GH", str(folder), str(tmp_path / "more.zip"), check=False)
+    assert p.returncode == 1  # one file was rejected, and the user is told which and why
+    assert "stored 4, duplicate 1, conflict 0, rejected 1" in p.stdout
+    assert "notes.txt" in p.stderr and "not a DICOM object" in p.stderr
+
+    ok = run(settings, "check")
+    assert "checked 4: 0 missing, 0 corrupt" in ok.stdout
+    blob = next(p for p in (settings.home / "blobs").rglob("*") if p.is_file() and len(p.name) == 64)
+    blob.write_bytes(b"corrupted")
+    bad = run(settings, "check", check=False)
+    assert bad.returncode == 1 and "CORRUPT" in bad.stdout
+
+
+def test_import_pydicom_test_files_never_crashes(settings, tmp_path: Path):
+    run(settings, "site", "add", "--code", "GH", "--name", "General Hospital")
+    src = Path(pydicom.data.__file__).parent / "test_files"
+    shutil.copytree(src, tmp_path / "tf")
+    p = run(settings, "import", "--site", "GH", str(tmp_path / "tf"), check=False)
+    assert p.returncode == 1, p.stderr[-2000:]
+    stored = int(p.stdout.split("stored ")[1].split(",")[0])
+    assert stored > 100
+    assert "Traceback" not in p.stderr
+
+
+def test_demo_loads_once(settings):
+    first = run(settings, "demo")
+    assert "instances stored" in first.stdout
+    assert "not loaded again" in run(settings, "demo").stdout
