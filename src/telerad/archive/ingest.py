@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -117,10 +117,43 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
                        "the first copy was kept")
 
     ds = obj.dataset
-    study = session.execute(
-        select(Study).where(Study.site_id == site_id, Study.study_uid == obj.study_uid)
+    # Common case first: the series exists already (one indexed lookup gives series and study).
+    row = session.execute(
+        select(Series.id, Series.study_fk).where(Series.site_id == site_id, Series.series_uid == obj.series_uid)
+    ).first()
+    new_series = row is None
+    if row is None:
+        series_id, study_id = _new_series(session, site_id, obj)
+    else:
+        series_id, study_id = row
+    session.execute(insert(Instance).values(
+        site_id=site_id, series_fk=series_id, sop_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
+        instance_number=_n(ds, "InstanceNumber"), transfer_syntax_uid=obj.transfer_syntax_uid,
+        rows=_n(ds, "Rows"), columns=_n(ds, "Columns"), number_of_frames=obj.number_of_frames,
+        blob_key=key, size=size, metadata_json=json.dumps(obj.metadata, separators=(",", ":")),
+        frames_json=json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
+        source_ae=source[:64],
+    ))
+    session.execute(update(Series).where(Series.id == series_id).values(num_instances=Series.num_instances + 1))
+    values: dict[str, object] = {"num_instances": Study.num_instances + 1}
+    if new_series:
+        values["num_series"] = Study.num_series + 1
+        current = session.execute(select(Study.modalities).where(Study.id == study_id)).scalar_one()
+        modalities = [m for m in current.split("\\") if m]
+        modality = _s(ds, "Modality", 16)
+        if modality and modality not in modalities:
+            values["modalities"] = "\\".join(sorted([*modalities, modality]))
+    session.execute(update(Study).where(Study.id == study_id).values(**values))
+    return _result(obj, Outcome.STORED)
+
+
+def _new_series(session: Session, site_id: int, obj: ParsedObject) -> tuple[int, int]:
+    """Create the series (and its study and patient when new); return (series id, study id)."""
+    ds = obj.dataset
+    study_id = session.execute(
+        select(Study.id).where(Study.site_id == site_id, Study.study_uid == obj.study_uid)
     ).scalar_one_or_none()
-    if study is None:
+    if study_id is None:
         patient = _patient(session, site_id, ds)
         study = Study(
             site_id=site_id, patient_fk=patient.id, study_uid=obj.study_uid,
@@ -131,39 +164,18 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
         )
         session.add(study)
         session.flush()
-    series = session.execute(
-        select(Series).where(Series.site_id == site_id, Series.series_uid == obj.series_uid)
-    ).scalar_one_or_none()
-    new_series = series is None
-    if series is None:
-        series = Series(
-            site_id=site_id, study_fk=study.id, series_uid=obj.series_uid, modality=_s(ds, "Modality", 16),
-            series_number=_n(ds, "SeriesNumber"), description=_s(ds, "SeriesDescription", 64),
-            body_part=_s(ds, "BodyPartExamined", 16),
-            pps_start_date=_s(ds, "PerformedProcedureStepStartDate", 8),
-            pps_start_time=_s(ds, "PerformedProcedureStepStartTime", 16),
-            attributes_json=level_json(obj.metadata, SERIES_TAGS), num_instances=0,
-        )
-        session.add(series)
-        session.flush()
-    session.add(Instance(
-        site_id=site_id, series_fk=series.id, sop_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
-        instance_number=_n(ds, "InstanceNumber"), transfer_syntax_uid=obj.transfer_syntax_uid,
-        rows=_n(ds, "Rows"), columns=_n(ds, "Columns"), number_of_frames=obj.number_of_frames,
-        blob_key=key, size=size, metadata_json=json.dumps(obj.metadata, separators=(",", ":")),
-        frames_json=json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
-        source_ae=source[:64],
-    ))
-    session.execute(update(Series).where(Series.id == series.id)
-                    .values(num_instances=Series.num_instances + 1))
-    values: dict[str, object] = {"num_instances": Study.num_instances + 1}
-    if new_series:
-        values["num_series"] = Study.num_series + 1
-        modalities = [m for m in study.modalities.split("\\") if m]
-        if series.modality and series.modality not in modalities:
-            values["modalities"] = "\\".join(sorted([*modalities, series.modality]))
-    session.execute(update(Study).where(Study.id == study.id).values(**values))
-    return _result(obj, Outcome.STORED)
+        study_id = study.id
+    series = Series(
+        site_id=site_id, study_fk=study_id, series_uid=obj.series_uid, modality=_s(ds, "Modality", 16),
+        series_number=_n(ds, "SeriesNumber"), description=_s(ds, "SeriesDescription", 64),
+        body_part=_s(ds, "BodyPartExamined", 16),
+        pps_start_date=_s(ds, "PerformedProcedureStepStartDate", 8),
+        pps_start_time=_s(ds, "PerformedProcedureStepStartTime", 16),
+        attributes_json=level_json(obj.metadata, SERIES_TAGS), num_instances=0,
+    )
+    session.add(series)
+    session.flush()
+    return series.id, study_id
 
 
 def _patient(session: Session, site_id: int, ds: object) -> Patient:
