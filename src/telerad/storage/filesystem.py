@@ -55,7 +55,10 @@ class FileSystemStore:
             if dest.exists():
                 os.unlink(tmp)
                 return key, size
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.parent.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(dest.parent.parent)  # the new fan-out directories must survive a crash too
+                _fsync_dir(self.root)
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)
             return key, size
