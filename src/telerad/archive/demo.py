@@ -12,7 +12,7 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_ui
 from telerad.archive.ingest import StoreResult, store
 from telerad.context import Context
 
-DIGITAL_XRAY = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 
 
 def phantom(size: int, z: float) -> np.ndarray:
@@ -38,6 +38,8 @@ def _base(patient: tuple[str, str, str, str], study_uid: str, accession: str, de
     ds.StudyDescription = desc
     ds.ReferringPhysicianName = "Referrer^Demo"
     ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.Manufacturer = "telerad demo"
+    ds.PatientOrientation = ""
     return ds
 
 
@@ -71,6 +73,10 @@ def ct_series(patient: tuple[str, str, str, str], study_uid: str, accession: str
         ds.PixelSpacing = [250.0 / size, 250.0 / size]
         ds.SliceThickness = 5.0
         ds.KVP = 120
+        ds.PatientPosition = "HFS"
+        ds.BodyPartExamined = "HEAD"
+        ds.PositionReferenceIndicator = ""
+        ds.AcquisitionNumber = 1
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.Rows = ds.Columns = size
         ds.SamplesPerPixel = 1
@@ -87,10 +93,12 @@ def cr_image(patient: tuple[str, str, str, str], study_uid: str, accession: str)
     ds = _base(patient, study_uid, accession, "XR CHEST PA")
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = "DX"
+    ds.Modality = "CR"
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.PatientOrientation = ["L", "F"]
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.Rows, ds.Columns = 512, 512
     ds.SamplesPerPixel = 1
@@ -101,7 +109,7 @@ def cr_image(patient: tuple[str, str, str, str], study_uid: str, accession: str)
     img = np.where(lungs, 600, 2800) + (np.abs(x) < 0.04) * 800
     ds.PixelData = img.clip(0, 4095).astype(np.uint16).tobytes()
     ds.WindowCenter, ds.WindowWidth = 2000, 4000
-    return to_part10(ds, DIGITAL_XRAY)
+    return to_part10(ds, CR_IMAGE)
 
 
 DEMO_PATIENTS = [
