@@ -1,0 +1,48 @@
+"""What every DIMSE handler shares: the context, the tenant of its association and status datasets."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from telerad.adapters.dimse.auth import TenantAE
+from telerad.context import Context
+
+NOT_AUTHORISED = 0x0124  # PS3.7 C.5: Refused: not authorized (general status)
+
+
+@dataclass
+class Runtime:
+    """Passed to every handler as its extra argument (pynetdicom ``evt_handlers`` args)."""
+
+    ctx: Context
+    ae: TenantAE
+    executor: ThreadPoolExecutor
+
+    @property
+    def ae_title(self) -> str:
+        return self.ctx.settings.ae_title
+
+    def site_of(self, event: Any) -> int | None:
+        """The site the event's association was admitted for (see :mod:`.auth`)."""
+        return self.ae.site_of(event.assoc)
+
+    def calling_ae(self, event: Any) -> str:
+        return str(event.assoc.requestor.ae_title or "").strip()
+
+
+def status(code: int, comment: str = "") -> Dataset:
+    """A status dataset; Error Comment (0000,0902) is LO, at most 64 characters (PS3.7 C.4.2.1.5)."""
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = _lo(comment)
+    return ds
+
+
+def _lo(text: str) -> str:
+    text = "".join(c if 0x20 <= ord(c) < 0x7F and c != "\\" else " " for c in text).strip()
+    return text[:64]

@@ -1,0 +1,155 @@
+"""Query/Retrieve MOVE and GET SCPs (PS3.4 C.4.2, C.4.3), Patient Root and Study Root (PS3.4 C.6.1, C.6.2).
+
+Retrieval is hierarchical (PS3.4 C.4.2.2.1, C.4.3.2.1): the Identifier carries the unique keys of the
+Query/Retrieve Level and the levels above it, the level's own unique key is required (a single value or a
+list of UIDs, PS3.4 C.2.2.2.2) and wild cards are not allowed. Instances are found with the shared matcher
+(:func:`telerad.archive.query.search`, IMAGE level) within the calling node's site only, and their stored
+files are read back to be sent in C-STORE sub-operations:
+
+- C-MOVE: to the Move Destination, which must be a registered node of the *same* site as the calling node
+  (PS3.4 C.4.2.1.4: otherwise 0xA801 Move Destination unknown), over a new association whose presentation
+  contexts propose each instance's stored SOP Class and Transfer Syntax, so nothing is transcoded.
+- C-GET: over the same association, with the storage contexts the requestor negotiated with SCP/SCU role
+  selection (PS3.4 C.4.3.1.3, PS3.7 D.3.3.4).
+
+Sub-operation counts and the final status (0x0000, 0xB000 with Failed SOP Instance UID List, 0xA702 when all
+failed, 0xFE00 after C-CANCEL) follow PS3.4 C.4.2.1.4-5 / C.4.3.1.3 and are kept by pynetdicom.
+
+Limitation (pynetdicom 3.0): the handler cannot answer 0xA900 with an Error Comment before the sub-operation
+count, so an invalid retrieve Identifier is answered with pynetdicom's 0xC5xx / 0xC4xx "Unable to process".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import build_context
+from pynetdicom.presentation import PresentationContext
+from sqlalchemy import select
+
+from telerad.adapters.dimse.common import Runtime
+from telerad.adapters.dimse.find import CANCEL, MODEL_LEVELS, IdentifierError, model_of, parse_identifier
+from telerad.archive import registry
+from telerad.archive.query import search
+from telerad.db.models import Instance
+
+log = logging.getLogger(__name__)
+
+PENDING = 0xFF00
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
+UNIQUE_KEYS = {"PATIENT": "00100020", "STUDY": "0020000D", "SERIES": "0020000E", "IMAGE": "00080018"}
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+
+
+def retrieve_keys(identifier: Dataset, model: str) -> dict[str, str]:
+    """The unique keys of a retrieve Identifier, checked as PS3.4 C.4.2.2.1 requires."""
+    level, keys, _ = parse_identifier(identifier, model)
+    levels = MODEL_LEVELS[model]
+    out: dict[str, str] = {}
+    for lvl in levels[: levels.index(level) + 1]:
+        tag = UNIQUE_KEYS[lvl]
+        value = keys.get(tag, "").strip()
+        if any(c in value for c in "*?"):
+            raise IdentifierError(f"wild card in unique key ({tag[:4]},{tag[4:]}) of a retrieve")
+        if value:
+            out[tag] = value
+    if UNIQUE_KEYS[level] not in out:
+        tag = UNIQUE_KEYS[level]
+        raise IdentifierError(f"retrieve at {level} level needs ({tag[:4]},{tag[4:]})")
+    return out
+
+
+def matching_instances(rt: Runtime, site_id: int, identifier: Dataset, model: str) -> list[StoredInstance]:
+    """Stored instances of ``site_id`` selected by a retrieve Identifier, in archive order."""
+    keys = retrieve_keys(identifier, model)
+    rows = search(rt.ctx, site_id, "IMAGE", keys)
+    uids = [r["00080018"]["Value"][0] for r in rows if r.get("00080018", {}).get("Value")]
+    found: dict[str, StoredInstance] = {}
+    with rt.ctx.db.session() as s:
+        for i in range(0, len(uids), _CHUNK):
+            q = select(Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.blob_key)
+            q = q.where(Instance.site_id == site_id, Instance.sop_uid.in_(uids[i: i + _CHUNK]))
+            for sop_uid, sop_class, ts, key in s.execute(q):
+                found[sop_uid] = StoredInstance(sop_uid, sop_class, ts, key)
+    return [found[u] for u in uids if u in found]
+
+
+def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
+    """One presentation context per stored (SOP Class, Transfer Syntax) pair: the files go out unchanged."""
+    pairs = dict.fromkeys((i.sop_class_uid, i.transfer_syntax_uid) for i in instances)
+    if len(pairs) > MAX_CONTEXTS:
+        log.warning("C-MOVE needs %d presentation contexts, proposing the first %d", len(pairs), MAX_CONTEXTS)
+    return [build_context(sop_class, [ts]) for sop_class, ts in list(pairs)[:MAX_CONTEXTS]]
+
+
+def _load(rt: Runtime, inst: StoredInstance) -> Dataset:
+    """The stored file as a dataset; elements stay raw, so pydicom writes their bytes back unchanged."""
+    try:
+        return dcmread(rt.ctx.blobs.path(inst.blob_key))
+    except Exception:
+        log.exception("cannot read stored instance %s (blob %s)", inst.sop_uid, inst.blob_key)
+        # Without File Meta pynetdicom cannot send it: the sub-operation counts as failed with this UID
+        # in the Failed SOP Instance UID List (PS3.4 C.4.2.1.4.2).
+        ds = Dataset()
+        ds.SOPClassUID = inst.sop_class_uid
+        ds.SOPInstanceUID = inst.sop_uid
+        return ds
+
+
+def _send(event: Any, rt: Runtime, instances: list[StoredInstance]) -> Iterator[tuple[int, Dataset | None]]:
+    for inst in instances:
+        if event.is_cancelled:
+            yield CANCEL, None
+            return
+        yield PENDING, _load(rt, inst)
+
+
+def handle_move(event: Any, rt: Runtime) -> Iterator[Any]:
+    """C-MOVE SCP: yield the destination, the number of sub-operations, then (Pending, dataset) per instance."""
+    site_id = rt.site_of(event)
+    dest_ae = str(event.move_destination or "").strip()
+    node = registry.find_node(rt.ctx, dest_ae) if dest_ae and site_id is not None else None
+    if node is None or node.site_id != site_id:
+        log.warning("C-MOVE from %s to %r refused: not a node of the caller's site", rt.calling_ae(event), dest_ae)
+        yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
+        return
+    try:
+        instances = matching_instances(rt, site_id, event.identifier, model_of(event.request.AffectedSOPClassUID))
+    except IdentifierError as exc:
+        log.warning("C-MOVE identifier refused: %s", exc)
+        raise
+    log.info("C-MOVE by %s of %d instances to %s (%s:%d)", rt.calling_ae(event), len(instances), dest_ae,
+             node.host, node.port)
+    # With no match pynetdicom answers Success (0 sub-operations) without associating.
+    yield node.host, node.port, {"contexts": storage_contexts(instances)}
+    yield len(instances)
+    yield from _send(event, rt, instances)
+
+
+def handle_get(event: Any, rt: Runtime) -> Iterator[Any]:
+    """C-GET SCP: yield the number of sub-operations, then (Pending, dataset) per instance."""
+    site_id = rt.site_of(event)
+    if site_id is None:
+        yield 0
+        return
+    try:
+        instances = matching_instances(rt, site_id, event.identifier, model_of(event.request.AffectedSOPClassUID))
+    except IdentifierError as exc:
+        log.warning("C-GET identifier refused: %s", exc)
+        raise
+    log.info("C-GET by %s of %d instances", rt.calling_ae(event), len(instances))
+    yield len(instances)
+    yield from _send(event, rt, instances)

@@ -1,0 +1,141 @@
+"""The DICOM listener: one pynetdicom AE serving Verification, Storage, Q/R and Storage Commitment.
+
+Services (PS3.4): Verification (Annex A), Storage of every storage SOP Class pynetdicom knows (Annex B) in any
+transfer syntax pydicom knows (stored as received, never transcoded), Patient Root and Study Root
+Query/Retrieve FIND/MOVE/GET (Annex C) and Storage Commitment Push Model (Annex J). Storage contexts accept
+SCP/SCU Role Selection (PS3.7 D.3.3.4) so a C-GET requestor can act as Storage SCP on the same association.
+
+Associations are admitted by calling AE title (:mod:`.auth`); the site resolved at admission is the only
+tenant the association's handlers see. With a certificate and key configured the listener speaks TLS
+(PS3.15 B.9/B.10, :mod:`.tls`); the TLS handshake runs in the connection's own thread, under a timeout,
+so one silent client cannot stall the accept loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StorageCommitmentPushModel,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from telerad.adapters.dimse.auth import TenantAE
+from telerad.adapters.dimse.commitment import handle_n_action
+from telerad.adapters.dimse.common import Runtime
+from telerad.adapters.dimse.find import handle_find
+from telerad.adapters.dimse.retrieve import handle_get, handle_move
+from telerad.adapters.dimse.storage import handle_echo, handle_store
+from telerad.adapters.dimse.tls import server_context
+from telerad.context import Context
+
+log = logging.getLogger(__name__)
+
+TLS_HANDSHAKE_TIMEOUT = 15.0
+QR_CLASSES = [
+    PatientRootQueryRetrieveInformationModelFind, PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet,
+]
+# Every transfer syntax pydicom knows, the uncompressed ones first (PS3.5 A.1-A.4, A.5 deflate, A.6-A.8).
+STORAGE_TRANSFER_SYNTAXES = [*DEFAULT_TRANSFER_SYNTAXES,
+                             *[str(t) for t in AllTransferSyntaxes if str(t) not in DEFAULT_TRANSFER_SYNTAXES]]
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved from the accept loop to the connection thread."""
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None:
+            try:
+                request.settimeout(TLS_HANDSHAKE_TIMEOUT)
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (OSError, ValueError) as exc:
+                log.warning("TLS handshake with %s failed: %s", client_address, exc)
+                with contextlib.suppress(OSError):
+                    request.close()
+                return
+        super().process_request_thread(request, client_address)
+
+
+class DimseServer:
+    """A running listener; :meth:`shutdown` stops it and aborts its associations."""
+
+    def __init__(self, ae: TenantAE, server: _Server, executor: ThreadPoolExecutor) -> None:
+        self.ae = ae
+        self.server = server
+        self._executor = executor
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def shutdown(self) -> None:
+        self.ae.shutdown()  # stops every server of the AE, then aborts the active associations
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def build_ae(ctx: Context) -> TenantAE:
+    """The AE with its limits, timeouts and every supported presentation context."""
+    s = ctx.settings
+    ae = TenantAE(ctx, s.ae_title)
+    ae.maximum_associations = s.dimse_max_associations
+    ae.maximum_pdu_size = s.dimse_max_pdu
+    ae.acse_timeout = s.dimse_timeout
+    ae.dimse_timeout = s.dimse_timeout
+    ae.network_timeout = s.dimse_timeout
+    ae.add_supported_context(Verification, DEFAULT_TRANSFER_SYNTAXES)
+    for cx in AllStoragePresentationContexts:
+        # Both roles accepted: SCU->SCP for C-STORE, inverted for C-GET sub-operations (PS3.4 C.4.3.1.3).
+        ae.add_supported_context(str(cx.abstract_syntax), STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for uid in QR_CLASSES:
+        ae.add_supported_context(uid, DEFAULT_TRANSFER_SYNTAXES)
+    ae.add_supported_context(StorageCommitmentPushModel, DEFAULT_TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_dimse(ctx: Context) -> DimseServer:
+    """Start listening on ``dicom_host:dicom_port`` in background threads and return at once."""
+    s = ctx.settings
+    ae = build_ae(ctx)
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="telerad-stgcmt")
+    rt = Runtime(ctx=ctx, ae=ae, executor=executor)
+    handlers: list[Any] = [
+        (evt.EVT_C_ECHO, handle_echo, [rt]),
+        (evt.EVT_C_STORE, handle_store, [rt]),
+        (evt.EVT_C_FIND, handle_find, [rt]),
+        (evt.EVT_C_MOVE, handle_move, [rt]),
+        (evt.EVT_C_GET, handle_get, [rt]),
+        (evt.EVT_N_ACTION, handle_n_action, [rt]),
+    ]
+    server = ae.make_server((s.dicom_host, s.dicom_port), ssl_context=server_context(s), evt_handlers=handlers,
+                            server_class=_Server)
+    assert isinstance(server, _Server)
+    thread = threading.Thread(target=server.serve_forever, name=f"dimse-{s.dicom_port}", daemon=True)
+    thread.start()
+    ae._servers.append(server)  # as AE.start_server does: counted for maximum_associations, stopped by shutdown
+    log.info("DIMSE %s listening on %s:%d%s", s.ae_title, s.dicom_host, s.dicom_port,
+             " (TLS)" if server.ssl_context else "")
+    return DimseServer(ae, server, executor)
