@@ -1,0 +1,168 @@
+"""WADO-RS, the Retrieve transaction (PS3.18 10.4): instances, metadata, frames and bulk data.
+
+* Instances (10.4.1.1.1-3) are ``multipart/related; type="application/dicom"``, streamed from the stored
+  files in 1 MiB chunks; the bytes are sent as stored (transfer-syntax ``*`` semantics) and every part names
+  its transfer syntax. The archive does not transcode: an Accept that names another transfer syntax is
+  answered 406 (PS3.18 8.7.8 leaves transcoding to the origin server's discretion). At instance level a
+  plain ``Accept: application/dicom`` gets the single part file (the Supplement 183 wording, CP-2040).
+* Metadata (10.4.1.1.2) is the concatenation of the stored DICOM JSON documents.
+* Frames (10.4.1.1.6) and bulk data (10.4.1.1.5) are read at the indexed offsets of the stored file, in the
+  stored transfer syntax: native as ``application/octet-stream`` (Explicit VR Little Endian octets), compressed
+  as the media type of PS3.18 Table 8.7.3-5 with its ``transfer-syntax`` parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+
+from telerad.adapters.dicomweb import media, multipart
+from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root
+from telerad.archive import retrieve
+from telerad.archive.retrieve import FrameError, NotFound, PixelPayload, StoredInstance
+from telerad.context import Context
+
+router = APIRouter()
+DICOM = "application/dicom"
+
+
+def _instances(ctx: Context, site_id: int, study: str, series: str | None = None,
+               sop: str | None = None) -> list[StoredInstance]:
+    try:
+        found = retrieve.find_instances(ctx, site_id, study, series, sop)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    missing = retrieve.missing_blobs(ctx, found)
+    if missing:
+        raise HTTPException(503, f"stored file of instance {missing[0]} is unavailable")
+    return found
+
+
+def _stream_instances(request: Request, instances: list[StoredInstance], ctx: Context,
+                      single_allowed: bool) -> Response:
+    ranges = media.parse_accept(request.headers.get("accept"))
+    syntaxes = {i.transfer_syntax_uid for i in instances}
+    if all(media.accepts_multipart(ranges, DICOM, ts) for ts in syntaxes):
+        boundary = multipart.new_boundary()
+        parts = [({"Content-Type": f"{DICOM}; transfer-syntax={i.transfer_syntax_uid}"}, i) for i in instances]
+        length = multipart.body_length([(h, i.size) for h, i in parts], boundary)
+        body = multipart.stream(((h, retrieve.iter_file(ctx, i)) for h, i in parts), boundary)
+        ts = instances[0].transfer_syntax_uid if len(syntaxes) == 1 else None
+        return StreamingResponse(body, media_type=multipart.content_type(DICOM, boundary, ts),
+                                 headers={"Content-Length": str(length)})
+    if single_allowed and media.accepts_single(ranges, DICOM, instances[0].transfer_syntax_uid):
+        inst = instances[0]
+        return StreamingResponse(retrieve.iter_file(ctx, inst),
+                                 media_type=f"{DICOM}; transfer-syntax={inst.transfer_syntax_uid}",
+                                 headers={"Content-Length": str(inst.size)})
+    stored = ", ".join(sorted(syntaxes))
+    raise HTTPException(406, 'not acceptable: instances are available as multipart/related; '
+                             f'type="application/dicom" in their stored transfer syntax ({stored}) only; '
+                             "telerad does not transcode")
+
+
+@router.get("/studies/{study}", summary="Retrieve a study (PS3.18 10.4.1.1.1)")
+def retrieve_study(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return _stream_instances(request, _instances(ctx, site.id, study), ctx, False)
+
+
+@router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+def retrieve_series(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return _stream_instances(request, _instances(ctx, site.id, study, series), ctx, False)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}", summary="Retrieve an instance")
+def retrieve_instance(study: str, series: str, instance: str, request: Request, ctx: CtxDep,
+                      site: SiteDep) -> Response:
+    return _stream_instances(request, _instances(ctx, site.id, study, series, instance), ctx, True)
+
+
+def _metadata(request: Request, ctx: Context, site_id: int, study: str, series: str | None = None,
+              sop: str | None = None) -> Response:
+    chosen = media.require(media.parse_accept(request.headers.get("accept")), media.DICOM_JSON)
+    try:
+        body = retrieve.metadata(ctx, site_id, service_root(request), study, series, sop)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(body, media_type=chosen)
+
+
+@router.get("/studies/{study}/metadata", summary="Retrieve study metadata (PS3.18 10.4.1.1.2)")
+def study_metadata(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return _metadata(request, ctx, site.id, study)
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
+def series_metadata(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return _metadata(request, ctx, site.id, study, series)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve instance metadata")
+def instance_metadata(study: str, series: str, instance: str, request: Request, ctx: CtxDep,
+                      site: SiteDep) -> Response:
+    return _metadata(request, ctx, site.id, study, series, instance)
+
+
+def get_instance(ctx: Context, site_id: int, study: str, series: str, sop: str) -> StoredInstance:
+    """The instance with its frame index, or 404 (also used by the rendered and WADO-URI adapters)."""
+    try:
+        inst = retrieve.get_instance(ctx, site_id, study, series, sop)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    if not ctx.blobs.exists(inst.blob_key):
+        raise HTTPException(503, f"stored file of instance {sop} is unavailable")
+    return inst
+
+
+def payload_response(request: Request, payload: PixelPayload) -> Response:
+    """Frames or bulk data as multipart/related of their media type, if acceptable (else 406)."""
+    ranges = media.parse_accept(request.headers.get("accept"))
+    if not media.accepts_multipart(ranges, payload.media_type, payload.transfer_syntax_uid):
+        raise HTTPException(406, f'not acceptable: available as multipart/related; type="{payload.media_type}"; '
+                                 f"transfer-syntax={payload.transfer_syntax_uid} only; telerad does not transcode")
+    boundary = multipart.new_boundary()
+    headers = {"Content-Type": f"{payload.media_type}; transfer-syntax={payload.transfer_syntax_uid}"}
+
+    def body() -> Iterator[bytes]:
+        yield from multipart.stream(((headers, [p]) for p in payload.parts), boundary)
+
+    length = multipart.body_length([(headers, len(p)) for p in payload.parts], boundary)
+    return StreamingResponse(body(), media_type=multipart.content_type(payload.media_type, boundary,
+                                                                        payload.transfer_syntax_uid),
+                             headers={"Content-Length": str(length)})
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}",
+            summary="Retrieve frames (PS3.18 10.4.1.1.6)")
+def retrieve_frames(study: str, series: str, instance: str, frame_list: str, request: Request, ctx: CtxDep,
+                    site: SiteDep) -> Response:
+    try:
+        numbers = retrieve.parse_frame_list(frame_list)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    inst = get_instance(ctx, site.id, study, series, instance)
+    try:
+        payload = retrieve.frames(ctx, inst, numbers)
+    except FrameError as exc:
+        raise HTTPException(404, str(exc)) from None
+    return payload_response(request, payload)
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}",
+            summary="Retrieve bulk data (PS3.18 10.4.1.1.5), the target of the BulkDataURIs in metadata")
+def retrieve_bulk(study: str, series: str, instance: str, tag: str, request: Request, ctx: CtxDep,
+                  site: SiteDep) -> Response:
+    try:
+        tag_value = int(tag, 16)
+        if len(tag) != 8:
+            raise ValueError
+    except ValueError:
+        raise HTTPException(400, f"bulk data tag must be 8 hexadecimal digits, got {tag[:20]!r}") from None
+    inst = get_instance(ctx, site.id, study, series, instance)
+    try:
+        payload = retrieve.bulk_data(ctx, inst, tag_value)
+    except (NotFound, FrameError) as exc:
+        raise HTTPException(404, str(exc)) from None
+    return payload_response(request, payload)

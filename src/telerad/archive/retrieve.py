@@ -1,0 +1,301 @@
+"""Retrieval use cases behind WADO-RS / WADO-URI (PS3.18 10.4, 9): find stored instances of one site, serve
+their metadata, their files, their frames and their bulk data.
+
+Everything here is scoped by ``site_id``: an instance of another site is indistinguishable from one that
+does not exist (:class:`NotFound`). Nothing here holds a whole file in memory except where a single value
+is asked for (a frame, a bulk data element); files are served in chunks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRBigEndian
+from sqlalchemy import Select, select
+
+from telerad.archive.parse import BASE_PLACEHOLDER
+from telerad.context import Context
+from telerad.db.models import Instance, Series, Study
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+# Transfer syntaxes whose pixel data is native (PS3.5 A.1-A.3, A.5); we serve their frames as
+# Explicit VR Little Endian octets (PS3.18 Table 8.7.3-4).
+NATIVE_SYNTAXES = {"1.2.840.10008.1.2", EXPLICIT_LE, "1.2.840.10008.1.2.1.99", ExplicitVRBigEndian}
+# PS3.18 Table 8.7.3-5: media types of compressed pixel data, by transfer syntax.
+PIXEL_MEDIA_TYPES = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+    "1.2.840.10008.1.2.4.80": "image/jls",
+    "1.2.840.10008.1.2.4.81": "image/jls",
+    "1.2.840.10008.1.2.4.90": "image/jp2",
+    "1.2.840.10008.1.2.4.91": "image/jp2",
+    "1.2.840.10008.1.2.4.92": "image/jpx",
+    "1.2.840.10008.1.2.4.93": "image/jpx",
+    "1.2.840.10008.1.2.4.201": "image/jphc",
+    "1.2.840.10008.1.2.4.202": "image/jphc",
+    "1.2.840.10008.1.2.4.203": "image/jphc",
+    "1.2.840.10008.1.2.4.110": "image/jxl",
+    "1.2.840.10008.1.2.4.111": "image/jxl",
+    "1.2.840.10008.1.2.4.112": "image/jxl",
+    "1.2.840.10008.1.2.5": "image/dicom-rle",
+}
+OCTET_STREAM = "application/octet-stream"
+PIXEL_DATA = 0x7FE00010
+
+
+class NotFound(LookupError):
+    """No such resource for this site (never says whether another site has it)."""
+
+
+class FrameError(LookupError):
+    """A frame number outside 1..NumberOfFrames, or an instance without frames."""
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    number_of_frames: int
+    frames_json: str = ""
+
+
+@dataclass(frozen=True)
+class PixelPayload:
+    """Frames (or bulk data parts) with the media type and transfer syntax they are encoded in."""
+
+    parts: list[bytes]
+    media_type: str
+    transfer_syntax_uid: str
+
+
+def instance_url(root: str, study: str, series: str, sop: str) -> str:
+    """The WADO-RS URL of an instance (PS3.18 10.4.1.1.3) under the DICOMweb ``root``."""
+    return f"{root}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def _scoped(query: Select[Any], site_id: int, study: str, series: str | None, sop: str | None) -> Select[Any]:
+    q = (query.join(Series, Instance.series_fk == Series.id).join(Study, Series.study_fk == Study.id)
+         .where(Instance.site_id == site_id, Series.site_id == site_id, Study.site_id == site_id,
+                Study.study_uid == study))
+    if series is not None:
+        q = q.where(Series.series_uid == series)
+    if sop is not None:
+        q = q.where(Instance.sop_uid == sop)
+    return q.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+
+
+def find_instances(ctx: Context, site_id: int, study: str, series: str | None = None,
+                   sop: str | None = None) -> list[StoredInstance]:
+    """Instances of a study, series or single instance (without their frame index). Raises NotFound."""
+    q = _scoped(select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
+                       Instance.transfer_syntax_uid, Instance.blob_key, Instance.size,
+                       Instance.number_of_frames), site_id, study, series, sop)
+    with ctx.db.session() as s:
+        rows = s.execute(q).all()
+    if not rows:
+        raise NotFound(_what(study, series, sop))
+    return [StoredInstance(*row) for row in rows]
+
+
+def get_instance(ctx: Context, site_id: int, study: str, series: str, sop: str) -> StoredInstance:
+    """One instance with its frame index. Raises NotFound."""
+    q = _scoped(select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
+                       Instance.transfer_syntax_uid, Instance.blob_key, Instance.size,
+                       Instance.number_of_frames, Instance.frames_json), site_id, study, series, sop)
+    with ctx.db.session() as s:
+        row = s.execute(q).first()
+    if row is None:
+        raise NotFound(_what(study, series, sop))
+    return StoredInstance(*row)
+
+
+def _what(study: str, series: str | None, sop: str | None) -> str:
+    if sop is not None:
+        return f"instance {sop} not found in series {series} of study {study}"
+    if series is not None:
+        return f"series {series} not found in study {study}"
+    return f"study {study} not found"
+
+
+def metadata(ctx: Context, site_id: int, root: str, study: str, series: str | None = None,
+             sop: str | None = None) -> str:
+    """The DICOM JSON array (PS3.18 F.2) of the instances, from stored strings: one query, one join.
+
+    BulkDataURIs carry a placeholder at ingest; it becomes the instance's WADO-RS URL under ``root``.
+    """
+    q = _scoped(select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.metadata_json),
+                site_id, study, series, sop)
+    with ctx.db.session() as s:
+        rows = s.execute(q).all()
+    if not rows:
+        raise NotFound(_what(study, series, sop))
+    return "[" + ",".join(
+        doc.replace(BASE_PLACEHOLDER, json.dumps(instance_url(root, st, se, i))[1:-1])
+        for st, se, i, doc in rows
+    ) + "]"
+
+
+def iter_file(ctx: Context, inst: StoredInstance) -> Iterator[bytes]:
+    """The stored Part 10 file, in chunks of at most 1 MiB."""
+    return ctx.blobs.iter_chunks(inst.blob_key)
+
+
+def missing_blobs(ctx: Context, instances: list[StoredInstance]) -> list[str]:
+    """SOP Instance UIDs whose blob file is missing (checked before a response starts streaming)."""
+    return [i.sop_uid for i in instances if not ctx.blobs.exists(i.blob_key)]
+
+
+def is_native(transfer_syntax_uid: str) -> bool:
+    return transfer_syntax_uid in NATIVE_SYNTAXES
+
+
+def pixel_media_type(transfer_syntax_uid: str) -> tuple[str, str]:
+    """(media type, transfer syntax) in which frames of a stored syntax are served, without transcoding."""
+    if is_native(transfer_syntax_uid):
+        return OCTET_STREAM, EXPLICIT_LE
+    return PIXEL_MEDIA_TYPES.get(transfer_syntax_uid, OCTET_STREAM), transfer_syntax_uid
+
+
+def parse_frame_list(text: str) -> list[int]:
+    """PS3.18 10.4.1.1.6 frame list "1,3,5": positive integers. Raises ValueError."""
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item.isdigit() or int(item) < 1:
+            raise ValueError(f"invalid frame number {item!r}: frame numbers are integers starting at 1")
+        out.append(int(item))
+    if not out:
+        raise ValueError("empty frame list")
+    return out
+
+
+def frames(ctx: Context, inst: StoredInstance, numbers: list[int]) -> PixelPayload:
+    """The requested frames in the stored transfer syntax (native frames as little endian octets)."""
+    if inst.number_of_frames < 1:
+        raise FrameError(f"instance {inst.sop_uid} has no pixel data frames")
+    for n in numbers:
+        if n > inst.number_of_frames:
+            raise FrameError(f"frame {n} out of range: instance {inst.sop_uid} has {inst.number_of_frames}")
+    media_type, ts = pixel_media_type(inst.transfer_syntax_uid)
+    if inst.frames_json:
+        index: list[list[list[int]]] = json.loads(inst.frames_json)
+        with ctx.blobs.open(inst.blob_key) as f:
+            parts = [_read_fragments(f, index[n - 1]) for n in numbers]
+        if inst.transfer_syntax_uid == ExplicitVRBigEndian:
+            ds = pydicom.dcmread(ctx.blobs.path(inst.blob_key), stop_before_pixels=True)
+            parts = [_swap(p, int(ds.get("BitsAllocated", 8))) for p in parts]
+        return PixelPayload(parts, media_type, ts)
+    all_frames = _parse_frames(ctx, inst)
+    return PixelPayload([all_frames[n - 1] for n in numbers], media_type, ts)
+
+
+def _read_fragments(f: Any, fragments: list[list[int]]) -> bytes:
+    out = bytearray()
+    for offset, length in fragments:
+        f.seek(offset)
+        out += f.read(length)
+    return bytes(out)
+
+
+def _swap(data: bytes, bits_allocated: int) -> bytes:
+    width = {16: 2, 32: 4, 64: 8}.get(bits_allocated)
+    if width is None or len(data) % width:
+        return data
+    return np.frombuffer(data, dtype=f">u{width}").astype(f"<u{width}").tobytes()
+
+
+def _frame_bits(ds: Dataset) -> int:
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    spp, bits = int(ds.get("SamplesPerPixel", 1)), int(ds.get("BitsAllocated", 8))
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        spp = 2
+    return rows * cols * spp * bits
+
+
+def _parse_frames(ctx: Context, inst: StoredInstance) -> list[bytes]:
+    """Fallback when no frame index was stored (deflate, unaligned 1-bit, unusual encapsulation)."""
+    ds = pydicom.dcmread(ctx.blobs.path(inst.blob_key))
+    elem = ds.get(PIXEL_DATA)
+    if elem is None or elem.value is None:
+        raise FrameError(f"instance {inst.sop_uid} has no pixel data")
+    data: bytes = elem.value
+    n = inst.number_of_frames
+    if not is_native(inst.transfer_syntax_uid):
+        return list(generate_frames(data, number_of_frames=n))
+    bits = _frame_bits(ds)
+    if inst.transfer_syntax_uid == ExplicitVRBigEndian:
+        data = _swap(data, int(ds.get("BitsAllocated", 8)))
+    if bits % 8 == 0:
+        size = bits // 8
+        return [data[i * size:(i + 1) * size] for i in range(n)]
+    # Frames not byte aligned (1-bit): cut the bit stream (PS3.5 8.1.1, LSB first) and repack each frame.
+    stream = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
+    return [np.packbits(stream[i * bits:(i + 1) * bits], bitorder="little").tobytes() for i in range(n)]
+
+
+def bulk_data(ctx: Context, inst: StoredInstance, tag: int) -> PixelPayload:
+    """The value of a bulk data element (PS3.18 10.4.1.1.5, the target of our BulkDataURIs).
+
+    Pixel Data: native frames concatenated as one octet stream, compressed frames one part each. Any other
+    element: the file is parsed and the element's value sent as little endian octets.
+    """
+    if tag == PIXEL_DATA and inst.number_of_frames > 0:
+        payload = frames(ctx, inst, list(range(1, inst.number_of_frames + 1)))
+        if is_native(inst.transfer_syntax_uid):
+            return PixelPayload([b"".join(payload.parts)], payload.media_type, payload.transfer_syntax_uid)
+        return payload
+    ds = pydicom.dcmread(ctx.blobs.path(inst.blob_key))
+    value = _find_raw(ds, tag)
+    if value is None:
+        raise NotFound(f"instance {inst.sop_uid} has no bulk data element {tag:08X}")
+    raw, vr = value
+    if inst.transfer_syntax_uid == ExplicitVRBigEndian:
+        raw = _swap(raw, {"OW": 16, "US": 16, "SS": 16, "OL": 32, "UL": 32, "SL": 32, "FL": 32, "OF": 32,
+                          "FD": 64, "OD": 64, "OV": 64, "SV": 64, "UV": 64}.get(vr, 8))
+    return PixelPayload([raw], OCTET_STREAM, EXPLICIT_LE)
+
+
+def _find_raw(ds: Dataset, tag: int) -> tuple[bytes, str] | None:
+    """Raw value bytes of the first element with ``tag``, depth first (BulkDataURIs name only the tag)."""
+    for elem_tag in ds.keys():
+        raw = ds.get_item(elem_tag)
+        if raw is None:
+            continue
+        if elem_tag == tag:
+            value = getattr(raw, "value", None)
+            if value is None:
+                return b"", ""
+            if isinstance(value, bytes):
+                return value, str(raw.VR)
+            return _encode_value(ds, elem_tag), str(raw.VR)
+        elem = ds[elem_tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                found = _find_raw(item, tag)
+                if found is not None:
+                    return found
+    return None
+
+
+def _encode_value(ds: Dataset, tag: int) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_data_element(buf, ds[tag])
+    return buf.getvalue()[8:]  # implicit VR header: tag (4) + length (4)
