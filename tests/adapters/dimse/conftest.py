@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from adapters.dimse.dimse_support import GH_AE, RC_AE, Dcmtk, StoreSCP, wait_listening
+from adapters.dimse.dimse_support import GH_AE, RC_AE, Dcmtk, StoreSCP
 from support import free_port
 
 from telerad.adapters.dimse.server import DimseServer, start_dimse
@@ -16,8 +16,7 @@ from telerad.context import Context
 
 @pytest.fixture
 def dimse(ctx: Context) -> Iterator[DimseServer]:
-    server = start_dimse(ctx)
-    wait_listening(ctx.settings.dicom_port)
+    server = start_dimse(ctx)  # bound and listening when it returns
     yield server
     server.shutdown()
 

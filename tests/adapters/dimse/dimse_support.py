@@ -132,3 +132,25 @@ def dataset_bytes(part10: bytes) -> bytes:
     assert part10[132:136] == b"\x02\x00\x00\x00"  # (0002,0000) File Meta Information Group Length, UL
     group_length = int.from_bytes(part10[140:144], "little")
     return part10[144 + group_length:]
+
+
+def sample(name: str, directory: Path, **attrs: str) -> tuple[Path, str]:
+    """A copy of one of pydicom's test files with fresh UIDs (they reuse UIDs across files); (path, SOP UID).
+
+    The elements are written back in the file's own transfer syntax, pixel data untouched.
+    """
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    uid = generate_uid()
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    ds.StudyInstanceUID = attrs.pop("StudyInstanceUID", generate_uid())
+    ds.SeriesInstanceUID = attrs.pop("SeriesInstanceUID", generate_uid())
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{Path(name).stem}-{uid[-8:]}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path, uid
