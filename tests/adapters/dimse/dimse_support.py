@@ -154,3 +154,16 @@ def sample(name: str, directory: Path, **attrs: str) -> tuple[Path, str]:
     path = directory / f"{Path(name).stem}-{uid[-8:]}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path, uid
+
+
+def restamp(blobs: list[bytes], **attrs: object) -> list[bytes]:
+    """Part 10 objects with some attributes replaced (e.g. a fixed StudyDate instead of today's)."""
+    out = []
+    for data in blobs:
+        ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
+        for keyword, value in attrs.items():
+            setattr(ds, keyword, value)
+        buf = pydicom.filebase.DicomBytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        out.append(buf.getvalue())
+    return out
