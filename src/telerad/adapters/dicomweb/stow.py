@@ -18,6 +18,7 @@ import io
 import json
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import IO, Any
 
 import pydicom
@@ -82,13 +83,16 @@ def _chunks(f: IO[bytes]) -> Iterator[bytes]:
         yield chunk
 
 
-def _study_of(raw: bytes) -> str | None:
+def _identify(raw: bytes) -> tuple[str, str, str]:
+    """(Study, SOP Class, SOP Instance UID) of a part, as far as it can be read; empty strings if not."""
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), force=True, stop_before_pixels=True,
-                             specific_tags=["StudyInstanceUID"])
-        return str(ds.get("StudyInstanceUID", "")).strip("\0 ") or None
+                             specific_tags=["StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"])
+        study, sop_class, sop_uid = (str(ds.get(k, "")).strip("\0 ")[:64]
+                                     for k in ("StudyInstanceUID", "SOPClassUID", "SOPInstanceUID"))
+        return study, sop_class, sop_uid
     except Exception:
-        return None  # ingest will say why it cannot be stored
+        return "", "", ""  # ingest says why it cannot be stored
 
 
 def _ingest(ctx: Context, site: SiteScope, spool: IO[bytes], size: int, boundary: str | None,
@@ -112,14 +116,15 @@ def _ingest(ctx: Context, site: SiteScope, spool: IO[bytes], size: int, boundary
         spool.seek(span.start)
         raw = spool.read(span.end - span.start)
         if study is not None:
-            found = _study_of(raw)
-            if found is not None and found != study:
-                ds = pydicom.dcmread(io.BytesIO(raw), force=True, stop_before_pixels=True)
-                failed.append(StoreResult(outcome=Outcome.REJECTED, status=DATASET_MISMATCH,
-                                          sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-                                          sop_class_uid=str(ds.get("SOPClassUID", "")), study_uid=found))
+            found, sop_class, sop_uid = _identify(raw)
+            if found and found != study:
+                failed.append(StoreResult(outcome=Outcome.REJECTED, status=DATASET_MISMATCH, study_uid=found,
+                                          sop_instance_uid=sop_uid, sop_class_uid=sop_class))
                 continue
         result = store(ctx, site.id, raw, source=f"STOW-RS:{site.code}")
+        if not result.ok and not result.sop_instance_uid:
+            _, sop_class, sop_uid = _identify(raw)  # rejected before ingest read the UIDs: report them
+            result = replace(result, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
         (stored if result.ok else failed).append(result)
     return _response(stored, failed, study, root, media_type)
 
