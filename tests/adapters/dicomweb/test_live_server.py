@@ -1,0 +1,147 @@
+"""End to end: a real uvicorn server on 127.0.0.1 driven by dicomweb-client (a third-party DICOMweb client)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+import uvicorn
+from dicomweb_client.api import DICOMwebClient
+from dicomweb_support import boundary_of, mr_like, read, sample_file, split_multipart, zero_preamble
+from PIL import Image
+from pydicom.encaps import generate_frames
+from pydicom.uid import JPEG2000Lossless, generate_uid
+from support import free_port
+
+from telerad.app import create_app
+from telerad.archive.demo import ct_series
+from telerad.context import Context
+
+
+@pytest.fixture
+def server(ctx: Context, site, other_site) -> Iterator[str]:
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def _sent(ds: pydicom.Dataset) -> bytes:
+    """The bytes dicomweb-client puts on the wire for ``ds`` (it encodes with pydicom.dcmwrite)."""
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds)
+    return buf.getvalue()
+
+
+def test_dicomweb_client_round_trip(server):
+    web = DICOMwebClient(f"{server}/dicom-web", headers={"X-Telerad-Site": "GH"})
+    study = generate_uid()
+    ct = [read(b) for b in ct_series(("Live^Test", "LIVE1", "19600101", "O"), study, "LV1", slices=2, size=32)]
+    files = {name: read(sample_file(name)) for name in ("SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm",
+                                                        "MR_small_RLE.dcm", "examples_ybr_color.dcm")}
+    files["mf_j2k"] = read(mr_like(frames=3, size=32, transfer_syntax=JPEG2000Lossless))
+    everything = ct + list(files.values())
+    # What goes on the wire, taken before anything touches the datasets (pydicom re-encodes some values,
+    # e.g. a padded empty string, once an element has been parsed).
+    wire = {ds.SOPInstanceUID: _sent(ds) for ds in everything}
+
+    # STOW-RS
+    result = web.store_instances(ct, study_instance_uid=study)
+    assert [i.ReferencedSOPInstanceUID for i in result.ReferencedSOPSequence] == [d.SOPInstanceUID for d in ct]
+    assert "FailedSOPSequence" not in result
+    result = web.store_instances(list(files.values()))
+    assert len(result.ReferencedSOPSequence) == len(files)
+
+    # QIDO-RS
+    studies = web.search_for_studies(search_filters={"PatientID": "LIVE1"})
+    assert [s["0020000D"]["Value"][0] for s in studies] == [study]
+    series = web.search_for_series(study)
+    assert [s["0020000E"]["Value"][0] for s in series] == [ct[0].SeriesInstanceUID]
+    instances = web.search_for_instances(study, ct[0].SeriesInstanceUID, fields=["SOPClassUID"])
+    assert sorted(i["00080018"]["Value"][0] for i in instances) == sorted(d.SOPInstanceUID for d in ct)
+    assert len(web.search_for_instances(get_remaining=True)) == len(everything)
+
+    # WADO-RS instances: the same dataset, and byte for byte what was sent (preamble zeroed)
+    for ds in everything:
+        got = web.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        assert got.SOPInstanceUID == ds.SOPInstanceUID and got.PixelData == ds.PixelData
+        assert got == ds
+        url = f"{server}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/" \
+              f"{ds.SOPInstanceUID}"
+        raw = requests.get(url, headers={"X-Telerad-Site": "GH"}, timeout=30)
+        (_, content), = split_multipart(raw.headers["content-type"], raw.content)
+        assert content == zero_preamble(wire[ds.SOPInstanceUID])
+
+    # WADO-RS metadata
+    meta = web.retrieve_study_metadata(study)
+    assert sorted(m["00080018"]["Value"][0] for m in meta) == sorted(d.SOPInstanceUID for d in ct)
+    # dicomweb-client sends "Host: 127.0.0.1" without the port (RFC 9110 7.2 wants it), so URLs built from
+    # its requests lack the port; a client sending a proper Host header gets URLs that work as they are.
+    proper = requests.get(f"{server}/dicom-web/studies/{study}/metadata", headers={"X-Telerad-Site": "GH"},
+                          timeout=30).json()
+    assert all(m["7FE00010"]["BulkDataURI"].startswith(f"{server}/dicom-web/studies/{study}/") for m in proper)
+    pixels = web.retrieve_bulkdata(proper[0]["7FE00010"]["BulkDataURI"])
+    by_uid = {d.SOPInstanceUID: d for d in ct}
+    assert pixels[0] == by_uid[proper[0]["00080018"]["Value"][0]].PixelData
+
+    # WADO-RS frames: native, then compressed in their own transfer syntax
+    d = ct[0]
+    native = web.retrieve_instance_frames(d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID, [1],
+                                          media_types=("application/octet-stream",))
+    assert native == [d.PixelData]
+    for name, ds in files.items():
+        n = int(ds.get("NumberOfFrames", 1))
+        expected = list(generate_frames(ds.PixelData, number_of_frames=n))
+        wanted = [n, 1] if n > 1 else [1]
+        frames = web.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+                                              wanted)
+        assert frames == [expected[i - 1] for i in wanted], name
+    jpeg = files["SC_rgb_jpeg_dcmtk.dcm"]
+    frames = web.retrieve_instance_frames(jpeg.StudyInstanceUID, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID,
+                                          [1], media_types=(("image/jpeg", "1.2.840.10008.1.2.4.50"),))
+    assert frames[0][:2] == b"\xff\xd8"
+
+    # Rendered
+    png = web.retrieve_instance_rendered(d.StudyInstanceUID, d.SeriesInstanceUID, d.SOPInstanceUID,
+                                         media_types=("image/png",))
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.size == (32, 32) and np.asarray(img).std() > 0
+    jpg = web.retrieve_instance_rendered(jpeg.StudyInstanceUID, jpeg.SeriesInstanceUID, jpeg.SOPInstanceUID,
+                                         params={"quality": 80})
+    assert Image.open(io.BytesIO(jpg)).mode == "RGB"
+
+
+def test_other_site_and_errors_over_http(server):
+    gh = DICOMwebClient(f"{server}/dicom-web", headers={"X-Telerad-Site": "GH"})
+    rc = DICOMwebClient(f"{server}/dicom-web", headers={"X-Telerad-Site": "RC"})
+    ds = read(mr_like(frames=2, size=32))
+    wire = _sent(ds)
+    gh.store_instances([ds])
+    assert rc.search_for_studies() == []
+    with pytest.raises(requests.HTTPError) as err:
+        rc.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert err.value.response.status_code == 404
+    with pytest.raises(requests.HTTPError) as err:
+        gh.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, [3])
+    assert err.value.response.status_code == 404
+    # A streamed multi-instance response over a real socket: chunked parts, all of them complete.
+    r = requests.get(f"{server}/dicom-web/studies/{ds.StudyInstanceUID}", headers={"X-Telerad-Site": "GH"},
+                     stream=True, timeout=30)
+    body = b"".join(r.iter_content(65536))
+    assert boundary_of(r.headers["content-type"]) and split_multipart(r.headers["content-type"], body)[0][1] \
+        == zero_preamble(wire)
+    health = requests.get(f"{server}/healthz", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
