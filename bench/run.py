@@ -1,0 +1,487 @@
+"""telerad vs Orthanc: the same work on both archives, one run, a table of figures and ratios.
+
+    .venv/bin/python bench/run.py [--instances 1000] [--scale-instances 100000]
+
+See bench/README.md. Not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gen  # noqa: E402
+import measure  # noqa: E402
+import servers  # noqa: E402
+from profile_top import report as profile_report  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+MS = 1000.0
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+@dataclass
+class Results:
+    """Figures per server: name -> value (None when the step failed), plus the failures."""
+
+    values: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def put(self, server: str, key: str, value: float | None) -> None:
+        self.values.setdefault(server, {})[key] = value
+
+    def get(self, server: str, key: str) -> float | None:
+        return self.values.get(server, {}).get(key)
+
+    def fail(self, server: str, step: str, exc: BaseException) -> None:
+        msg = f"{step}: {exc}"
+        if not isinstance(exc, measure.BenchError):
+            msg += " | " + traceback.format_exc().strip().splitlines()[-1]
+        self.errors.setdefault(server, []).append(msg)
+        log(f"  {server} {step} FAILED: {exc}")
+
+
+def step(res: Results, server: str, name: str, fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - one broken endpoint must not end the run
+        res.fail(server, name, exc)
+
+
+# ----------------------------------------------------------------------------------------------- suite
+@dataclass
+class Small:
+    sample: list[str]  # folders sent to both servers with storescu (a comparable small-instance ingest rate)
+    n_sample: int
+    bulk: list[str]  # folders of the rest, loaded the fastest way each server offers
+    n_bulk: int
+
+
+def run_suite(srv: servers.Server, ct: gen.DataSet, ct_after: gen.DataSet, small: Small,
+              args: argparse.Namespace, res: Results, tmp: Path) -> servers.Server:
+    name = srv.name
+    study = ct.studies[0]
+    frame_bytes = args.size * args.size * 2
+
+    def ingest_empty() -> None:
+        r = measure.ingest(srv, ct, log_dir=tmp)
+        log(f"  {name} ingest: {r.instances} instances, {r.bytes / 1e6:.0f} MB in {r.wall:.1f} s = "
+            f"{r.per_s:.1f} inst/s, {r.mb_s:.1f} MB/s (server CPU {r.server_cpu:.1f} s)")
+        res.put(name, "ingest_per_s", r.per_s)
+        res.put(name, "ingest_mb_s", r.mb_s)
+        res.put(name, "ingest_cpu_ms", r.server_cpu / r.instances * MS)
+        if r.errors:
+            raise measure.BenchError("; ".join(r.errors))
+
+    def qido(suffix: str = "") -> Callable[[], None]:
+        def f() -> None:
+            lat = measure.qido(srv, study.patient_id, args.qido_requests, expect=1)
+            log(f"  {name} QIDO{suffix}: p50 {lat.p50 * MS:.2f} ms, p95 {lat.p95 * MS:.2f} ms")
+            res.put(name, f"qido_p50{suffix}", lat.p50 * MS)
+            res.put(name, f"qido_p95{suffix}", lat.p95 * MS)
+        return f
+
+    def meta() -> None:
+        lat = measure.metadata(srv, study, args.metadata_requests)
+        log(f"  {name} metadata ({len(study.sop_uids)} instances): p50 {lat.p50 * MS:.1f} ms")
+        res.put(name, "metadata_p50", lat.p50 * MS)
+
+    def frames() -> None:
+        lat = measure.frames(srv, study, frame_bytes)
+        log(f"  {name} frames/1 over {len(study.sop_uids)} instances: p50 {lat.p50 * MS:.2f} ms, "
+            f"p95 {lat.p95 * MS:.2f} ms")
+        res.put(name, "frame_p50", lat.p50 * MS)
+        res.put(name, "frame_p95", lat.p95 * MS)
+
+    def wado() -> None:
+        t = measure.wado_study(srv, study, args.wado_runs, len(study.sop_uids) * frame_bytes)
+        log(f"  {name} WADO-RS study: {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = {t.mb_s:.0f} MB/s")
+        res.put(name, "wado_mb_s", t.mb_s)
+        res.put(name, "wado_s", t.wall)
+
+    def cfind() -> None:
+        lat = measure.cfind(srv, study.patient_id, args.cfind_runs, expect=1)
+        log(f"  {name} C-FIND: p50 {lat.p50 * MS:.1f} ms, p95 {lat.p95 * MS:.1f} ms")
+        res.put(name, "cfind_p50", lat.p50 * MS)
+
+    def cget() -> None:
+        t = measure.cget(srv, study, args.cget_runs, tmp)
+        log(f"  {name} C-GET study: {t.files} files, {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = {t.mb_s:.0f} MB/s")
+        res.put(name, "cget_s", t.wall)
+        res.put(name, "cget_mb_s", t.mb_s)
+
+    def scale_sample() -> None:
+        n0 = measure.total_instances(srv)
+        log(f"  {name} small-instance ingest: {small.n_sample:,} instances via {len(small.sample)} storescu ...")
+        wall, cpu, errors = measure.scale_load(srv, small.sample, log_dir=tmp)
+        loaded = measure.total_instances(srv) - n0
+        res.put(name, "small_per_s", loaded / wall)
+        res.put(name, "small_cpu_ms", cpu / max(loaded, 1) * MS)
+        log(f"  {name} small-instance ingest: {loaded:,} in {wall:.1f} s = {loaded / wall:.0f} inst/s "
+            f"(server CPU {cpu / max(loaded, 1) * MS:.1f} ms/instance)")
+        if loaded != small.n_sample:
+            errors.append(f"{loaded} of {small.n_sample} small instances stored")
+        if errors:
+            raise measure.BenchError("; ".join(errors))
+
+    def scale_bulk() -> None:
+        if not small.n_bulk:
+            return
+        n0 = measure.total_instances(srv)
+        how = args.telerad_bulk if name == "telerad" else "storescu"
+        log(f"  {name} bulk load: {small.n_bulk:,} small instances via 2 x {how} (progress every 30 s) ...")
+        if how == "import":
+            wall, errors = measure.telerad_import(srv, small.bulk, tmp, timeout=args.scale_timeout)
+        else:
+            wall, _cpu, errors = measure.scale_load(srv, small.bulk, log_dir=tmp, timeout=args.scale_timeout)
+        loaded = measure.total_instances(srv) - n0
+        res.put(name, "bulk_loaded", loaded)
+        res.put(name, "bulk_s", wall)
+        res.put(name, "bulk_per_s", loaded / wall)
+        res.info.setdefault(name, {})["bulk_method"] = how
+        log(f"  {name} bulk load: {loaded:,} instances in {wall:.0f} s = {loaded / wall:.0f} inst/s; index now "
+            f"{measure.total_instances(srv):,} instances")
+        if errors:
+            raise measure.BenchError("; ".join(errors))
+
+    def ingest_scale() -> None:
+        r = measure.ingest(srv, ct_after, log_dir=tmp)
+        log(f"  {name} ingest at scale: {r.instances} instances in {r.wall:.1f} s = {r.per_s:.1f} inst/s, "
+            f"{r.mb_s:.1f} MB/s")
+        res.put(name, "ingest_per_s_scale", r.per_s)
+        res.put(name, "ingest_mb_s_scale", r.mb_s)
+        if r.errors:
+            raise measure.BenchError("; ".join(r.errors))
+
+    log(f"{name}: empty-index measurements")
+    for label, fn in (("ingest", ingest_empty), ("QIDO", qido()), ("metadata", meta), ("frames", frames),
+                      ("WADO-RS", wado), ("C-FIND", cfind), ("C-GET", cget)):
+        step(res, name, label, fn)
+    if small.n_sample or small.n_bulk:
+        log(f"{name}: scale")
+        if small.n_sample:
+            step(res, name, "small-instance ingest", scale_sample)
+        step(res, name, "bulk load", scale_bulk)
+        step(res, name, "QIDO at scale", qido("_scale"))
+        step(res, name, "ingest at scale", ingest_scale)
+    res.info.setdefault(name, {})["storage_mb"] = round(srv.storage_bytes() / 1e6)
+    return srv
+
+
+def profile_telerad(srv: servers.Server, data: gen.DataSet, seconds: int, out: Path) -> str:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return "(py-spy not installed: `.venv/bin/pip install py-spy`)"
+    raw = out / "telerad-ingest-profile.txt"
+    prof = subprocess.Popen([spy, "record", "-p", str(srv.pid), "-d", str(seconds), "-r", "100", "-f", "raw",
+                             "-o", str(raw), "--nonblocking", "--subprocesses"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    rounds = 0
+    while time.perf_counter() - t0 < seconds - 1 and prof.poll() is None:
+        clone = gen.clone(data, out / f"profile-set-{rounds}", patient_prefix=f"PROF{rounds:02d}")
+        measure.storescu(srv, clone.groups)
+        rounds += 1
+    out_txt = prof.communicate(timeout=seconds + 60)[0].decode(errors="replace")
+    if not raw.exists():
+        return f"(py-spy failed: {out_txt[-400:]})"
+    return profile_report(raw)
+
+
+# ---------------------------------------------------------------------------------------------- report
+ROWS: list[tuple[str, str, str, str, float | None]] = [
+    # key, label, unit, better ("hi"/"lo"), goal ratio telerad/Orthanc
+    ("ingest_per_s", "Ingest CT, 2 x storescu", "inst/s", "hi", 1.5),
+    ("ingest_mb_s", "Ingest CT, 2 x storescu", "MB/s", "hi", 1.5),
+    ("ingest_cpu_ms", "Ingest CT: server CPU per instance", "ms", "lo", None),
+    ("qido_p50", "QIDO-RS studies?PatientID=", "p50 ms", "lo", None),
+    ("qido_p95", "QIDO-RS studies?PatientID=", "p95 ms", "lo", 1.0),
+    ("metadata_p50", "Study /metadata", "p50 ms", "lo", 0.1),
+    ("frame_p50", "frames/1 (octet-stream)", "p50 ms", "lo", 0.1),
+    ("frame_p95", "frames/1 (octet-stream)", "p95 ms", "lo", None),
+    ("wado_mb_s", "WADO-RS whole study", "MB/s", "hi", 1.5),
+    ("cfind_p50", "C-FIND study by PatientID (findscu process)", "p50 ms", "lo", None),
+    ("cget_mb_s", "C-GET whole study (getscu process)", "MB/s", "hi", 1.0),
+    ("cget_s", "C-GET whole study (getscu process)", "s", "lo", None),
+    ("small_per_s", "Ingest small (16x16) instances, 2 x storescu", "inst/s", "hi", None),
+    ("small_cpu_ms", "Ingest small: server CPU per instance", "ms", "lo", None),
+    ("bulk_per_s", "Bulk load for the scale test (see method)", "inst/s", "hi", None),
+    ("qido_p50_scale", "QIDO-RS at scale", "p50 ms", "lo", None),
+    ("qido_p95_scale", "QIDO-RS at scale", "p95 ms", "lo", 1.0),
+    ("ingest_per_s_scale", "Ingest CT at scale, 2 x storescu", "inst/s", "hi", 1.5),
+]
+
+
+def fmt(v: float | None, ran: bool = True) -> str:
+    if not ran:
+        return "n/a"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "FAILED"
+    if abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def verdict(ratio: float | None, better: str, goal: float | None) -> str:
+    if goal is None or ratio is None:
+        return ""
+    ok = ratio >= goal if better == "hi" else ratio <= goal
+    return ("met" if ok else "**missed**") + f" ({'>=' if better == 'hi' else '<='} {goal:g}x)"
+
+
+def table(res: Results, sizes: dict[str, Any]) -> str:
+    o, t = "orthanc", "telerad"
+    lines = ["| Measure | Unit | Orthanc | telerad | telerad/Orthanc | Goal |", "|---|---|---:|---:|---:|---|"]
+    for key, label, unit, better, goal in ROWS:
+        a, b = res.get(o, key), res.get(t, key)
+        if a is None and b is None and key not in res.values.get(o, {}) and key not in res.values.get(t, {}):
+            continue
+        ratio = b / a if a and b is not None else None
+        lines.append(f"| {label} | {unit} | {fmt(a, o in res.info)} | {fmt(b, t in res.info)} | "
+                     f"{fmt(ratio) + 'x' if ratio else '-'} | "
+                     f"{verdict(ratio, better, goal)} |")
+    # at scale vs empty, per server
+    lines += ["", f"At scale (~{sizes['scale']:,} extra instances) vs empty index, per server "
+              "(goal for telerad: no more than 1.5x slower):", "",
+              "| Measure | Orthanc scale/empty | telerad scale/empty | telerad goal |", "|---|---:|---:|---|"]
+    for label, k_empty, k_scale, slower in (
+        ("QIDO p50 latency", "qido_p50", "qido_p50_scale", "lat"),
+        ("QIDO p95 latency", "qido_p95", "qido_p95_scale", "lat"),
+        ("Ingest time per instance (1 / throughput)", "ingest_per_s", "ingest_per_s_scale", "thr"),
+    ):
+        cells: list[float | None] = []
+        for srv in (o, t):
+            e, s = res.get(srv, k_empty), res.get(srv, k_scale)
+            if e and s:
+                cells.append(s / e if slower == "lat" else e / s)
+            else:
+                cells.append(None)
+        ok = "" if cells[1] is None else ("met (<= 1.5x)" if cells[1] <= 1.5 else "**missed** (<= 1.5x)")
+        shown = [fmt(c) + "x" if c is not None else "-" for c in cells]
+        lines.append(f"| {label} | {shown[0]} | {shown[1]} | {ok} |")
+    lines += ["", "Bulk load for the scale test: " + "; ".join(
+        f"{srv} {int(res.get(srv, 'bulk_loaded') or 0):,} instances in {fmt(res.get(srv, 'bulk_s'))} s "
+        f"via 2 x {res.info.get(srv, {}).get('bulk_method', '?')}"
+        for srv in (o, t) if res.get(srv, "bulk_s") is not None)]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpus": str(os.cpu_count()), "cpu": cpu, "memory": mem, "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def wait_quiet(limit: float, budget: float) -> float:
+    """Wait (at most ``budget`` s) for the 1-minute load average to fall below ``limit``; return the wait."""
+    t0 = time.monotonic()
+    if budget <= 0 or os.getloadavg()[0] < limit:
+        return 0.0
+    log(f"load average {os.getloadavg()[0]:.2f}: waiting up to {budget / 60:.0f} min for it to fall below {limit}")
+    while time.monotonic() - t0 < budget and os.getloadavg()[0] >= limit:
+        time.sleep(10)
+    log(f"waited {time.monotonic() - t0:.0f} s; load average now {os.getloadavg()[0]:.2f}")
+    return time.monotonic() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instances", type=int, default=1000, help="CT instances (512x512 16-bit) to ingest")
+    ap.add_argument("--studies", type=int, default=4, help="CT studies the instances are split into")
+    ap.add_argument("--size", type=int, default=512, help="CT rows/columns")
+    ap.add_argument("--scale-instances", type=int, default=100_000,
+                    help="small (16x16 8-bit) instances loaded for the at-scale figures; 0 to skip")
+    ap.add_argument("--scale-per-study", type=int, default=10, help="small instances per study")
+    ap.add_argument("--scale-sample", type=int, default=5000,
+                    help="of the scale instances, this many go to both servers through 2 x storescu "
+                         "(a comparable small-instance ingest rate); the rest is the bulk load")
+    ap.add_argument("--telerad-bulk", choices=("import", "storescu"), default="import",
+                    help="how the bulk of the scale instances reaches telerad: 2 x `telerad import` (in-process "
+                         "ingest service, default) or 2 x storescu; Orthanc always gets storescu")
+    ap.add_argument("--scale-timeout", type=float, default=1200,
+                    help="stop a server's bulk load after this many seconds and report what was reached")
+    ap.add_argument("--after-instances", type=int, default=500, help="CT instances ingested at scale")
+    ap.add_argument("--qido-requests", type=int, default=200)
+    ap.add_argument("--metadata-requests", type=int, default=20)
+    ap.add_argument("--wado-runs", type=int, default=3)
+    ap.add_argument("--cfind-runs", type=int, default=50)
+    ap.add_argument("--cget-runs", type=int, default=3)
+    ap.add_argument("--servers", default="orthanc,telerad", help="comma-separated subset to run")
+    ap.add_argument("--profile-seconds", type=int, default=20,
+                    help="py-spy telerad serve during an extra CT ingest for this long; 0 to skip")
+    ap.add_argument("--tcp-nodelay", choices=("1", "0", "unset"), default="1",
+                    help="TCP_NODELAY in the environment of both servers and the DCMTK tools (default 1)")
+    ap.add_argument("--quiet-wait", type=float, default=0,
+                    help="before each server's phase, wait up to this many minutes in all for the 1-min load "
+                         "average to fall below --quiet-load (others' test suites skew the figures)")
+    ap.add_argument("--quiet-load", type=float, default=0.8)
+    ap.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir, removed at the end")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (data, server storage, logs)")
+    ap.add_argument("--out", type=Path, default=BENCH_DIR / "out")
+    args = ap.parse_args()
+
+    for tool in ("storescu", "findscu", "getscu", "Orthanc"):
+        servers.which(tool)
+    servers.TCP_NODELAY = args.tcp_nodelay
+    which = [s.strip() for s in args.servers.split(",") if s.strip()]
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="telerad-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = datetime.now()
+    t_start = time.monotonic()
+    log(f"work dir {tmp}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+
+    # ---- data, generated once
+    studies = max(1, args.studies)
+    slices = max(1, args.instances // studies)
+    log(f"generating {studies} CT studies x {slices} slices ({args.size}x{args.size} 16-bit) ...")
+    ct = gen.make_ct(tmp / "data" / "ct", studies, slices, size=args.size)
+    need = max(1, math.ceil(args.after_instances / slices))
+    ct_after_src = gen.DataSet(ct.root, ct.studies[:need], ct.groups)
+    ct_after = gen.clone(ct_after_src, tmp / "data" / "ct-after", patient_prefix="BENCHAF")
+    small = Small([], 0, [], 0)
+    if args.scale_instances > 0:
+        log(f"generating {args.scale_instances:,} small instances ...")
+        n_sample = min(args.scale_sample, args.scale_instances)
+        n_bulk = args.scale_instances - n_sample
+        per = args.scale_per_study
+        sample = gen.make_small(tmp / "data" / "small-sample", n_sample, per_study=per) if n_sample else []
+        first_bulk = (n_sample + per - 1) // per
+        bulk = (gen.make_small(tmp / "data" / "small-bulk", n_bulk, per_study=per, first_study=first_bulk)
+                if n_bulk else [])
+        small = Small(sample, n_sample, bulk, n_bulk)
+    log(f"data ready: {ct.n_instances} CT ({ct.n_bytes / 1e6:.0f} MB), {ct_after.n_instances} CT for the "
+        f"at-scale ingest, {args.scale_instances:,} small ({time.monotonic() - t_start:.0f} s)")
+
+    res = Results()
+    profile = ""
+    versions = {"orthanc": servers.orthanc_version(), "telerad": servers.telerad_rev()}
+    try:
+        versions["dicomweb_plugin"] = Path(os.path.realpath(servers.dicomweb_plugin())).name
+    except RuntimeError:
+        pass
+    sizes = {"instances": ct.n_instances, "studies": studies, "slices": slices, "scale": args.scale_instances,
+             "after": ct_after.n_instances}
+
+    quiet_budget = args.quiet_wait * 60
+    for name in which:
+        waited = wait_quiet(args.quiet_load, quiet_budget)
+        quiet_budget -= waited
+        srv = None
+        sampler = measure.Sampler()
+        sampler.start()
+        t0 = time.monotonic()
+        try:
+            log(f"starting {name} ...")
+            if name == "orthanc":
+                srv = servers.start_orthanc(tmp / "orthanc")
+            elif name == "telerad":
+                srv = servers.start_telerad(tmp / "telerad")
+            else:
+                raise SystemExit(f"unknown server {name}")
+            run_suite(srv, ct, ct_after, small, args, res, tmp)
+            if name == "telerad" and args.profile_seconds > 0:
+                log(f"profiling telerad serve with py-spy for {args.profile_seconds} s during CT ingest ...")
+                profile = profile_telerad(srv, ct, args.profile_seconds, tmp / "profile")
+                raw = tmp / "profile" / "telerad-ingest-profile.txt"
+                if raw.exists():
+                    shutil.copy(raw, args.out / f"telerad-ingest-profile-{started:%Y%m%d-%H%M}.txt")
+        except Exception as exc:  # noqa: BLE001
+            res.fail(name, "server", exc)
+        finally:
+            if srv is not None:
+                if srv.proc is not None and srv.proc.poll() is not None:
+                    res.fail(name, "server", RuntimeError(f"server process exited early (rc "
+                                                          f"{srv.proc.returncode}); log tail:\n{srv.log_tail()}"))
+                srv.stop()
+                shutil.copy(srv.log_path, args.out / f"{name}-{started:%Y%m%d-%H%M}.log") if srv.log_path else None
+            sampler.stop.set()
+            loads = sampler.loads
+            res.info.setdefault(name, {}).update({
+                "phase_s": round(time.monotonic() - t0),
+                "load_avg_max": round(max(loads), 2) if loads else None,
+            })
+            log(f"{name} done in {time.monotonic() - t0:.0f} s")
+
+    # ---- report
+    m = machine()
+    total = time.monotonic() - t_start
+    head = [
+        f"# telerad vs Orthanc benchmark, {started:%Y-%m-%d %H:%M}",
+        "",
+        f"- Machine: {m['cpus']} CPUs ({m['cpu']}), {m['memory']} RAM, Linux {m['kernel']}, Python {m['python']}",
+        f"- Versions: {versions['orthanc']} with {versions.get('dicomweb_plugin', 'DICOMweb plugin')}; "
+        f"telerad git {versions['telerad']}",
+        f"- Data: {sizes['instances']} CT instances ({studies} studies x {slices} slices, {args.size}x{args.size} "
+        f"16-bit, {ct.n_bytes / 1e6:.0f} MB); scale: {args.scale_instances:,} instances of 16x16 8-bit "
+        f"({args.scale_per_study} per study; {small.n_sample:,} of them sent with 2 x storescu to both, the rest "
+        f"bulk-loaded: Orthanc 2 x storescu, telerad 2 x `telerad {args.telerad_bulk}`); "
+        f"at-scale ingest: {ct_after.n_instances} CT instances",
+        f"- Runs: QIDO {args.qido_requests} requests, metadata {args.metadata_requests}, frames "
+        f"{slices} (one per instance of a series), WADO-RS {args.wado_runs}, C-FIND {args.cfind_runs}, "
+        f"C-GET {args.cget_runs}; TCP_NODELAY={args.tcp_nodelay}; total wall time {total / 60:.1f} min",
+        "- Phases: " + "; ".join(f"{k} {v.get('phase_s')} s (max 1-min load average {v.get('load_avg_max')})"
+                                 for k, v in res.info.items()),
+        "",
+    ]
+    body = table(res, sizes)
+    notes = []
+    for srv_name, errs in res.errors.items():
+        for e in errs:
+            notes.append(f"- {srv_name}: {e}")
+    text = "\n".join(head) + "\n" + body + "\n"
+    if notes:
+        text += "\n## Failures\n\n" + "\n".join(notes) + "\n"
+    if profile:
+        text += f"\n## telerad serve during CT ingest (py-spy, {args.profile_seconds} s)\n\n{profile}\n"
+    print("\n" + text)
+    out_md = args.out / f"results-{started:%Y-%m-%d-%H%M}.md"
+    out_md.write_text(text)
+    (args.out / f"results-{started:%Y-%m-%d-%H%M}.json").write_text(json.dumps(
+        {"started": started.isoformat(), "args": {k: str(v) for k, v in vars(args).items()}, "machine": m,
+         "versions": versions, "sizes": sizes, "values": res.values, "errors": res.errors, "info": res.info},
+        indent=2))
+    log(f"wrote {out_md}")
+    if not args.keep and args.workdir is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if res.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
