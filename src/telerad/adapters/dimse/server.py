@@ -5,10 +5,11 @@ transfer syntax pydicom knows (stored as received, never transcoded), Patient Ro
 Query/Retrieve FIND/MOVE/GET (Annex C) and Storage Commitment Push Model (Annex J). Storage contexts accept
 SCP/SCU Role Selection (PS3.7 D.3.3.4) so a C-GET requestor can act as Storage SCP on the same association.
 
-Associations are admitted by calling AE title (:mod:`.auth`); the site resolved at admission is the only
-tenant the association's handlers see. With a certificate and key configured the listener speaks TLS
-(PS3.15 B.9/B.10, :mod:`.tls`); the TLS handshake runs in the connection's own thread, under a timeout,
-so one silent client cannot stall the accept loop.
+The transfer syntax accepted for a presentation context is the requestor's first choice among those
+proposed (:func:`prefer_requestor_order`). Associations are admitted by calling AE title (:mod:`.auth`);
+the site resolved at admission is the only tenant the association's handlers see. With a certificate and
+key configured the listener speaks TLS (PS3.15 B.9/B.10, :mod:`.tls`); the TLS handshake runs in the
+connection's own thread, under a timeout, so one silent client cannot stall the accept loop.
 """
 
 from __future__ import annotations
@@ -55,6 +56,25 @@ QR_CLASSES = [
 # Every transfer syntax pydicom knows, the uncompressed ones first (PS3.5 A.1-A.4, A.5 deflate, A.6-A.8).
 STORAGE_TRANSFER_SYNTAXES = [*DEFAULT_TRANSFER_SYNTAXES,
                              *[str(t) for t in AllTransferSyntaxes if str(t) not in DEFAULT_TRANSFER_SYNTAXES]]
+
+
+def prefer_requestor_order(event: Any) -> None:
+    """EVT_REQUESTED: let the requestor's transfer syntax order decide (PS3.8 9.3.2.2.1, 9.3.3.2).
+
+    pynetdicom accepts the first of the *acceptor's* transfer syntaxes that the requestor proposed. A sender
+    that proposes, say, JPEG 2000 before Explicit VR Little Endian in one presentation context usually holds
+    JPEG 2000 data; picking its first choice means it sends what it has, without transcoding. The supported
+    contexts are a per-association copy, still writable before negotiation, so reordering them is local.
+    """
+    assoc = event.assoc
+    proposed: dict[str, list[str]] = {}
+    for cx in assoc.requestor.primitive.presentation_context_definition_list:
+        proposed.setdefault(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
+    for cx in assoc.acceptor.supported_contexts:
+        order = proposed.get(str(cx.abstract_syntax))
+        if order:
+            ours = [str(t) for t in cx.transfer_syntax]
+            cx.transfer_syntax = [t for t in order if t in ours] + [t for t in ours if t not in order]
 
 
 class _Server(ThreadedAssociationServer):
@@ -123,6 +143,7 @@ def start_dimse(ctx: Context) -> DimseServer:
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="telerad-stgcmt")
     rt = Runtime(ctx=ctx, ae=ae, executor=executor)
     handlers: list[Any] = [
+        (evt.EVT_REQUESTED, prefer_requestor_order),
         (evt.EVT_C_ECHO, handle_echo, [rt]),
         (evt.EVT_C_STORE, handle_store, [rt]),
         (evt.EVT_C_FIND, handle_find, [rt]),
