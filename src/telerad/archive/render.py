@@ -151,7 +151,7 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     """PS3.3 C.11.2.1.2.1 (linear), C.11.2.1.3.2 (linear exact), C.11.2.1.3.1 (sigmoid) into 0..255."""
     c, w = window.center, window.width
     if window.function == "sigmoid":
-        y = 255.0 / (1.0 + np.exp(-4.0 * (values - c) / w))
+        y = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - c) / w, -700.0, 700.0)))
     elif window.function == "linear-exact":
         y = ((values - c) / w + 0.5) * 255.0
     else:

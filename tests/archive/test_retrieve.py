@@ -1,0 +1,157 @@
+"""The retrieve service (behind WADO-RS / WADO-URI): site scoping, metadata from stored strings, frames from
+the frame index or by parsing, bulk data, chunked file reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from dicomweb_support import mr_like, put, read, sample_file
+from pydicom.encaps import generate_frames
+from pydicom.uid import generate_uid
+
+from telerad.archive import retrieve
+from telerad.archive.demo import ct_series
+from telerad.archive.retrieve import FrameError, NotFound
+
+ROOT = "https://pacs.example/dicom-web"
+
+
+@pytest.fixture
+def series(ctx, site):
+    blobs = ct_series(("Ret^Pat", "R1", "", ""), generate_uid(), "R", slices=3, size=16)
+    return [put(ctx, site.id, b) for b in blobs]
+
+
+def test_find_is_scoped_to_the_site(ctx, site, other_site, series):
+    s = series[0]
+    found = retrieve.find_instances(ctx, site.id, s.study)
+    assert [i.sop_uid for i in found] == [x.sop for x in series]
+    assert found[0].size == len(s.data) and found[0].transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert [i.sop_uid for i in retrieve.find_instances(ctx, site.id, s.study, s.series, s.sop)] == [s.sop]
+    for args in [(s.study,), (s.study, s.series), (s.study, s.series, s.sop)]:
+        with pytest.raises(NotFound):
+            retrieve.find_instances(ctx, other_site.id, *args)
+    with pytest.raises(NotFound):
+        retrieve.get_instance(ctx, other_site.id, s.study, s.series, s.sop)
+    with pytest.raises(NotFound):
+        retrieve.metadata(ctx, other_site.id, ROOT, s.study)
+    with pytest.raises(NotFound):  # the right instance under the wrong study
+        retrieve.get_instance(ctx, site.id, generate_uid(), s.series, s.sop)
+
+
+def test_metadata_is_a_join_of_stored_documents(ctx, site, series, monkeypatch):
+    s = series[0]
+    text = retrieve.metadata(ctx, site.id, ROOT, s.study)
+    docs = json.loads(text)
+    assert [d["00080018"]["Value"][0] for d in docs] == [x.sop for x in series]
+    assert docs[1]["7FE00010"]["BulkDataURI"] == f"{ROOT}/studies/{s.study}/series/{s.series}/instances/" \
+                                                 f"{series[1].sop}/bulk/7FE00010"
+    # No file is opened to answer it.
+    monkeypatch.setattr(ctx.blobs, "open", lambda *a: pytest.fail("metadata must not read files"))
+    monkeypatch.setattr(ctx.blobs, "path", lambda *a: pytest.fail("metadata must not read files"))
+    assert json.loads(retrieve.metadata(ctx, site.id, ROOT, s.study, s.series, s.sop))[0] == docs[0]
+
+
+def test_root_is_json_escaped(ctx, site, series):
+    text = retrieve.metadata(ctx, site.id, 'http://h/"x"', series[0].study)
+    assert json.loads(text)[0]["7FE00010"]["BulkDataURI"].startswith('http://h/"x"/studies/')
+
+
+def test_iter_file_chunks(ctx, site):
+    big = put(ctx, site.id, mr_like(frames=300, size=64))  # ~2.4 MB
+    inst = retrieve.get_instance(ctx, site.id, big.study, big.series, big.sop)
+    chunks = list(retrieve.iter_file(ctx, inst))
+    assert len(chunks) == 3 and max(len(c) for c in chunks) == 1 << 20
+    assert b"".join(chunks)[128:] == big.data[128:]
+
+
+def test_native_frames_from_the_index(ctx, site):
+    data = mr_like(frames=5, size=8)
+    s = put(ctx, site.id, data)
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    assert inst.frames_json and inst.number_of_frames == 5
+    payload = retrieve.frames(ctx, inst, [5, 2])
+    px = read(data).PixelData
+    assert payload.parts == [px[4 * 128:5 * 128], px[128:256]]
+    assert (payload.media_type, payload.transfer_syntax_uid) == ("application/octet-stream", "1.2.840.10008.1.2.1")
+    with pytest.raises(FrameError):
+        retrieve.frames(ctx, inst, [6])
+
+
+@pytest.mark.parametrize("name", ["examples_ybr_color.dcm", "rtdose_rle.dcm", "JPEG2000.dcm"])
+def test_encapsulated_frames(ctx, site, name):
+    data = sample_file(name)
+    s = put(ctx, site.id, data)
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    ds = read(data)
+    n = int(ds.get("NumberOfFrames", 1))
+    expected = list(generate_frames(ds.PixelData, number_of_frames=n))
+    assert retrieve.frames(ctx, inst, list(range(1, n + 1))).parts == expected
+
+
+def test_frames_without_an_index_are_parsed(ctx, site):
+    data = mr_like(frames=3, size=8)
+    s = put(ctx, site.id, data)
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    indexed = retrieve.frames(ctx, inst, [1, 2, 3]).parts
+    unindexed = retrieve.StoredInstance(**{**inst.__dict__, "frames_json": ""})
+    assert retrieve.frames(ctx, unindexed, [1, 2, 3]).parts == indexed
+    jpeg = put(ctx, site.id, sample_file("examples_ybr_color.dcm"))
+    inst = retrieve.get_instance(ctx, site.id, jpeg.study, jpeg.series, jpeg.sop)
+    unindexed = retrieve.StoredInstance(**{**inst.__dict__, "frames_json": ""})
+    assert retrieve.frames(ctx, unindexed, [30]).parts == retrieve.frames(ctx, inst, [30]).parts
+
+
+def test_unaligned_one_bit_frames_are_cut_from_the_bit_stream(ctx, site):
+    import numpy as np
+
+    ds = read(mr_like(frames=1, size=8))
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 3, 3, 3  # 9 bits per frame: frames are not byte aligned
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    bits = np.array([1, 0, 1, 1, 0, 0, 1, 1, 1,  0, 1, 0, 0, 0, 0, 0, 0, 1,  1, 1, 1, 1, 1, 1, 1, 1, 0], np.uint8)
+    ds.PixelData = np.packbits(bits, bitorder="little").tobytes()  # 27 bits in 4 bytes
+    from pydicom.filebase import DicomBytesIO
+
+    buf = DicomBytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    s = put(ctx, site.id, buf.getvalue())
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    assert inst.frames_json == ""
+    parts = retrieve.frames(ctx, inst, [1, 2, 3]).parts
+    for i, part in enumerate(parts):
+        unpacked = np.unpackbits(np.frombuffer(part, np.uint8), bitorder="little")
+        assert list(unpacked[:9]) == list(bits[i * 9:(i + 1) * 9])
+
+
+def test_frame_list_parsing():
+    assert retrieve.parse_frame_list("1,3, 2") == [1, 3, 2]
+    for bad in ("", "0", "a", "1,", "-2", "1.0"):
+        with pytest.raises(ValueError):
+            retrieve.parse_frame_list(bad)
+
+
+def test_media_types():
+    assert retrieve.pixel_media_type("1.2.840.10008.1.2") == ("application/octet-stream", "1.2.840.10008.1.2.1")
+    assert retrieve.pixel_media_type("1.2.840.10008.1.2.4.70") == ("image/jpeg", "1.2.840.10008.1.2.4.70")
+    assert retrieve.pixel_media_type("1.2.840.10008.1.2.4.80")[0] == "image/jls"
+    assert retrieve.pixel_media_type("1.2.840.10008.1.2.4.91")[0] == "image/jp2"
+    assert retrieve.pixel_media_type("1.2.840.10008.1.2.5")[0] == "image/dicom-rle"
+    assert retrieve.pixel_media_type("1.2.840.10008.1.2.4.100") == ("application/octet-stream",
+                                                                      "1.2.840.10008.1.2.4.100")
+
+
+def test_bulk_data(ctx, site):
+    data = sample_file("CT_small.dcm")
+    s = put(ctx, site.id, data)
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    ds = read(data)
+    assert retrieve.bulk_data(ctx, inst, 0x7FE00010).parts == [ds.PixelData]
+    private = next(e for e in ds if e.VR in ("OB", "UN") and len(e.value) > 1024)
+    assert retrieve.bulk_data(ctx, inst, private.tag).parts == [private.value]
+    with pytest.raises(NotFound):
+        retrieve.bulk_data(ctx, inst, 0x00091234)
+    jpeg = put(ctx, site.id, sample_file("examples_ybr_color.dcm"))
+    inst = retrieve.get_instance(ctx, site.id, jpeg.study, jpeg.series, jpeg.sop)
+    payload = retrieve.bulk_data(ctx, inst, 0x7FE00010)
+    assert len(payload.parts) == 30 and payload.media_type == "image/jpeg"
