@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pydicom
@@ -50,6 +50,7 @@ PIXEL_MEDIA_TYPES = {
 }
 OCTET_STREAM = "application/octet-stream"
 PIXEL_DATA = 0x7FE00010
+_Q = TypeVar("_Q", bound=Select)  # type: ignore[type-arg]
 
 
 class NotFound(LookupError):
@@ -87,7 +88,7 @@ def instance_url(root: str, study: str, series: str, sop: str) -> str:
     return f"{root}/studies/{study}/series/{series}/instances/{sop}"
 
 
-def _scoped(query: Select[Any], site_id: int, study: str, series: str | None, sop: str | None) -> Select[Any]:
+def _scoped(query: _Q, site_id: int, study: str, series: str | None, sop: str | None) -> _Q:
     q = (query.join(Series, Instance.series_fk == Series.id).join(Study, Series.study_fk == Study.id)
          .where(Instance.site_id == site_id, Series.site_id == site_id, Study.site_id == site_id,
                 Study.study_uid == study))

@@ -7,6 +7,7 @@ may instead pass a ``site`` query parameter, since a plain URL in a report or br
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -18,6 +19,9 @@ from telerad.db.models import Site
 
 SITE_HEADER = "X-Telerad-Site"
 DICOMWEB_PREFIX = "/dicom-web"
+_CODE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # as registry.add_site admits them
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # as ingest admits them (PS3.5 9.1, leading zeros tolerated)
+UID_PATH_PARAMS = ("study", "series", "instance")
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,10 @@ def _resolve(ctx: Context, code: str | None, how: str) -> SiteScope:
     code = (code or "").strip()
     if not code:
         raise HTTPException(400, f"no site given: send the site code in the {how}")
-    with ctx.db.session() as s:
-        site_id = s.execute(select(Site.id).where(Site.code == code)).scalar_one_or_none()
+    site_id = None
+    if _CODE.match(code):
+        with ctx.db.session() as s:
+            site_id = s.execute(select(Site.id).where(Site.code == code)).scalar_one_or_none()
     if site_id is None:
         raise HTTPException(404, f"unknown site {code[:32]!r}")
     return SiteScope(site_id, code)
@@ -60,6 +66,25 @@ def current_site_uri(request: Request, ctx: CtxDep) -> SiteScope:
 
 SiteDep = Annotated[SiteScope, Depends(current_site)]
 SiteUriDep = Annotated[SiteScope, Depends(current_site_uri)]
+
+
+def check_uid(name: str, value: str) -> None:
+    """400 for a value that cannot be a UID (PS3.5 9.1): it could never be found, and must not reach SQL."""
+    if len(value) > 64 or not _UID.match(value):
+        raise HTTPException(400, f"invalid {name} UID {value[:80]!r}: digits and dots, at most 64 characters")
+
+
+def valid_path_uids(request: Request) -> None:
+    """Router dependency: the study / series / instance UIDs in the path are UIDs."""
+    for name in UID_PATH_PARAMS:
+        value = request.path_params.get(name)
+        if value is not None:
+            check_uid(name, value)
+
+
+def header_safe(text: str) -> str:
+    """Printable ASCII for a header field value (query parameter names echoed in Warning)."""
+    return "".join(ch if " " <= ch <= "~" and ch not in '"\\' else "?" for ch in text)
 
 
 def service_root(request: Request) -> str:

@@ -24,16 +24,16 @@ import json
 import re
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydicom.datadict import tag_for_keyword
 
 from telerad.adapters.dicomweb import media
-from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root
+from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, header_safe, service_root, valid_path_uids
 from telerad.archive.parse import BASE_PLACEHOLDER
 from telerad.archive.query import QueryError, search, supported_keys
 from telerad.archive.retrieve import instance_url
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(valid_path_uids)])
 
 STUDY_UID, SERIES_UID, SOP_UID, RETRIEVE_URL, AVAILABILITY = "0020000D", "0020000E", "00080018", "00081190", "00080056"
 # PS3.18 Table 10.6.3-3 (Study), 10.6.3-4 (Series), 10.6.3-5 (Instance)
@@ -89,10 +89,12 @@ def _keys(request: Request, level: str) -> tuple[dict[str, str], list[str]]:
     for name, value in request.query_params.multi_items():
         if name.lower() in QIDO_PARAMS:
             continue
+        if "\x00" in value:
+            raise HTTPException(400, f"{name[:64]}: NUL characters are not allowed in a match value")
         tag = attribute_tag(name)
         if tag is None or tag not in matchable:
             if value.strip():
-                ignored.append(name[:64])
+                ignored.append(header_safe(name[:64]))
             if tag is not None:
                 keys.setdefault(tag, "")  # still returned as a requested attribute (10.6.3.3)
             continue

@@ -10,10 +10,10 @@ series thumbnail is that of its middle image.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from telerad.adapters.dicomweb import media
-from telerad.adapters.dicomweb.deps import CtxDep, SiteDep
+from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, valid_path_uids
 from telerad.adapters.dicomweb.wado import get_instance
 from telerad.archive import render as rendering
 from telerad.archive import retrieve
@@ -21,7 +21,7 @@ from telerad.archive.render import RenderError, RenderOptions, Viewport, Window
 from telerad.archive.retrieve import NotFound, StoredInstance
 from telerad.context import Context
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(valid_path_uids)])
 OFFERED = [rendering.JPEG, rendering.PNG]
 
 

@@ -22,17 +22,17 @@ from dataclasses import replace
 from typing import IO, Any
 
 import pydicom
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from telerad.adapters.dicomweb import media, multipart
-from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, SiteScope, service_root
+from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, SiteScope, service_root, valid_path_uids
 from telerad.archive.errors import CANNOT_UNDERSTAND, DATASET_MISMATCH
 from telerad.archive.ingest import Outcome, StoreResult, store
 from telerad.archive.retrieve import instance_url
 from telerad.context import Context
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(valid_path_uids)])
 DICOM = "application/dicom"
 SPOOL_IN_MEMORY = 8 * 1024 * 1024
 READ_CHUNK = 1 << 20
@@ -63,7 +63,7 @@ async def _spool(request: Request, ctx: Context) -> tuple[IO[bytes], int]:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
         raise HTTPException(413, f"request body of {declared} bytes exceeds the maximum of {cap}")
-    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=ctx.blobs.root / "tmp")
+    spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, mode="w+b", dir=str(ctx.blobs.root / "tmp"))
     total = 0
     try:
         async for chunk in request.stream():

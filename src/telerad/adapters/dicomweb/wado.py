@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
 from telerad.adapters.dicomweb import media, multipart
-from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root
+from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root, valid_path_uids
 from telerad.archive import retrieve
 from telerad.archive.retrieve import FrameError, NotFound, PixelPayload, StoredInstance
 from telerad.context import Context
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(valid_path_uids)])
 DICOM = "application/dicom"
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
-from telerad.adapters.dicomweb.deps import CtxDep, SiteUriDep
+from telerad.adapters.dicomweb.deps import CtxDep, SiteUriDep, check_uid
 from telerad.adapters.dicomweb.media import type_matches
 from telerad.adapters.dicomweb.rendered import parse_window, render_response
 from telerad.adapters.dicomweb.wado import get_instance
@@ -33,6 +33,7 @@ def _required(request: Request, name: str) -> str:
     value = request.query_params.get(name, "").strip()
     if not value:
         raise HTTPException(400, f"WADO-URI: the {name} parameter is required (PS3.18 9.5)")
+    check_uid(name, value)
     return value
 
 
