@@ -98,3 +98,14 @@ def test_negotiation():
     assert media.choose(media.parse_accept("text/html"), ["image/jpeg"]) is None
     with pytest.raises(ValueError):
         media.parse_media_type("nonsense")
+
+
+def test_writer_batches_small_parts_and_bounds_chunks():
+    small = [({"Content-Type": "application/dicom"}, [b"x" * 1000]) for _ in range(50)]
+    big = [({"Content-Type": "application/dicom"}, [b"y" * 5000, b"z" * 5000])]
+    chunks = list(multipart.stream(small + big + small, "b", batch=4096))
+    assert max(len(c) for c in chunks) == 5000  # the big file chunks go out alone, small parts are gathered
+    assert all(len(c) <= 4096 for c in chunks if b"y" not in c and b"z" not in c)
+    assert len(chunks) < 60
+    whole = b"".join(multipart.stream(small + big + small, "b", batch=1))
+    assert b"".join(chunks) == whole

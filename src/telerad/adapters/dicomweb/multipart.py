@@ -38,8 +38,29 @@ def closing(boundary: str) -> bytes:
     return f"--{boundary}--\r\n".encode("latin-1")
 
 
-def stream(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
-    """Body chunks of a multipart message whose parts are (headers, content chunks), produced lazily."""
+def stream(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str,
+           batch: int = 1 << 20) -> Iterator[bytes]:
+    """Body chunks of a multipart message whose parts are (headers, content chunks), produced lazily.
+
+    Small pieces are gathered into chunks of at most ``batch`` bytes (many small instances would otherwise
+    cost a write each); a larger piece goes out alone. Nothing bigger than that is ever held.
+    """
+    pending: list[bytes] = []
+    size = 0
+    for piece in _pieces(parts, boundary):
+        if pending and size + len(piece) > batch:
+            yield b"".join(pending)
+            pending, size = [], 0
+        pending.append(piece)
+        size += len(piece)
+        if size >= batch:
+            yield b"".join(pending)
+            pending, size = [], 0
+    if pending:
+        yield b"".join(pending)
+
+
+def _pieces(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
     for headers, chunks in parts:
         yield part_head(boundary, headers)
         yield from chunks
