@@ -1,4 +1,4 @@
-"""Rendered and thumbnail representations (PS3.18 8.3.5.1, 10.4.1.1.4): one frame decoded, put through
+"""Rendered and thumbnail representations (PS3.18 8.3.5.1, Table 10.4.1-3): one frame decoded, put through
 the grayscale pipeline of PS3.3 C.11 (Modality LUT, VOI LUT or window, MONOCHROME1 inversion) or the color
 pipeline (YBR to RGB, palette), sized to a viewport and encoded as JPEG or PNG.
 

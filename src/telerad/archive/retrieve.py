@@ -84,7 +84,7 @@ class PixelPayload:
 
 
 def instance_url(root: str, study: str, series: str, sop: str) -> str:
-    """The WADO-RS URL of an instance (PS3.18 10.4.1.1.3) under the DICOMweb ``root``."""
+    """The WADO-RS URL of an instance (PS3.18 Table 10.4.1-1) under the DICOMweb ``root``."""
     return f"{root}/studies/{study}/series/{series}/instances/{sop}"
 
 

@@ -164,6 +164,18 @@ def test_wado_uri_non_image_defaults_to_dicom(client, ctx, site):
     assert r.headers["content-type"] == "application/dicom"
 
 
+def test_wado_uri_accept_header_when_no_content_type(client, ct):
+    browser = "text/html,application/xhtml+xml,image/avif,image/webp,*/*;q=0.8"
+    assert client.get("/wado", params=_wado(ct[0]), headers={"Accept": browser}).headers["content-type"] \
+        == "image/jpeg"
+    assert client.get("/wado", params=_wado(ct[0]), headers={"Accept": "application/dicom"}).content[128:] \
+        == ct[0].data[128:]
+    assert client.get("/wado", params=_wado(ct[0]), headers={"Accept": "text/html"}).status_code == 406
+    # contentType wins over Accept.
+    r = client.get("/wado", params=_wado(ct[0], contentType="image/png"), headers={"Accept": "application/dicom"})
+    assert r.headers["content-type"] == "image/png"
+
+
 @pytest.mark.parametrize("change", [{"requestType": "WADO2"}, {"studyUID": ""}, {"objectUID": ""},
                                     {"windowCenter": "40"}, {"imageQuality": "101"}, {"anonymize": "yes"},
                                     {"rows": "abc"}])

@@ -1,4 +1,4 @@
-"""Rendered and thumbnail resources (PS3.18 10.4, Table 10.4.1-1; rendering parameters 8.3.5.1).
+"""Rendered and thumbnail resources (PS3.18 10.4, Table 10.4.1-3; rendering parameters 8.3.5.1).
 
 Media types: ``image/jpeg`` (default) or ``image/png``, by Accept or the ``accept`` query parameter
 (PS3.18 8.3.3.1); anything else is 406. Parameters: ``window=center,width[,linear|linear-exact|sigmoid]``
@@ -98,7 +98,7 @@ def _single_frame(text: str) -> int:
 _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 
 
-@router.get(_INSTANCE + "/rendered", summary="Rendered instance (PS3.18 10.4.1.1.4)")
+@router.get(_INSTANCE + "/rendered", summary="Rendered instance (PS3.18 Table 10.4.1-3)")
 def rendered_instance(study: str, series: str, instance: str, request: Request, ctx: CtxDep,
                       site: SiteDep) -> Response:
     opts = options(request)

@@ -1,11 +1,12 @@
 """WADO-RS, the Retrieve transaction (PS3.18 10.4): instances, metadata, frames and bulk data.
 
-* Instances (10.4.1.1.1-3) are ``multipart/related; type="application/dicom"``, streamed from the stored
+* Instances (Table 10.4.1-1) are ``multipart/related; type="application/dicom"``, streamed from the stored
   files in 1 MiB chunks; the bytes are sent as stored (transfer-syntax ``*`` semantics) and every part names
   its transfer syntax. The archive does not transcode: an Accept that names another transfer syntax is
-  answered 406 (PS3.18 8.7.8 leaves transcoding to the origin server's discretion). At instance level a
+  answered 406 Not Acceptable (RFC 9110 15.5.7; PS3.18 8.7.3 lets an origin server that holds only a
+  compressed form send that form when no transfer syntax is named). At instance level a
   plain ``Accept: application/dicom`` gets the single part file (the Supplement 183 wording, CP-2040).
-* Metadata (10.4.1.1.2) is the concatenation of the stored DICOM JSON documents.
+* Metadata (Table 10.4.1-2) is the concatenation of the stored DICOM JSON documents.
 * Frames (10.4.1.1.6) and bulk data (10.4.1.1.5) are read at the indexed offsets of the stored file, in the
   stored transfer syntax: native as ``application/octet-stream`` (Explicit VR Little Endian octets), compressed
   as the media type of PS3.18 Table 8.7.3-5 with its ``transfer-syntax`` parameter.
@@ -63,7 +64,7 @@ def _stream_instances(request: Request, instances: list[StoredInstance], ctx: Co
                              "telerad does not transcode")
 
 
-@router.get("/studies/{study}", summary="Retrieve a study (PS3.18 10.4.1.1.1)")
+@router.get("/studies/{study}", summary="Retrieve a study (PS3.18 Table 10.4.1-1)")
 def retrieve_study(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _stream_instances(request, _instances(ctx, site.id, study), ctx, False)
 
@@ -89,7 +90,7 @@ def _metadata(request: Request, ctx: Context, site_id: int, study: str, series: 
     return Response(body, media_type=chosen)
 
 
-@router.get("/studies/{study}/metadata", summary="Retrieve study metadata (PS3.18 10.4.1.1.2)")
+@router.get("/studies/{study}/metadata", summary="Retrieve study metadata (PS3.18 Table 10.4.1-2)")
 def study_metadata(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _metadata(request, ctx, site.id, study)
 

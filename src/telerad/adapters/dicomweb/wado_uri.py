@@ -1,11 +1,11 @@
 """WADO-URI (PS3.18 Chapter 9), mounted at ``/wado`` (outside ``/dicom-web``, as the URI service has its
 own endpoint): ``GET /wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=..``.
 
-* ``contentType``: ``application/dicom`` sends the stored file as is (single part); with
-  a ``transferSyntax`` other than the stored one, 406 (no transcoding). ``image/jpeg`` (the default for
-  images) and ``image/png`` render one frame (``frameNumber``, default 1) with ``windowCenter`` /
-  ``windowWidth``, ``rows`` / ``columns`` (fitted) and ``imageQuality``. Without ``contentType`` an object
-  without pixel data is sent as ``application/dicom``.
+* ``contentType`` (else the Accept header, PS3.18 9.3): ``application/dicom`` sends the stored file as is
+  (single part); with a ``transferSyntax`` other than the stored one, 406 (no transcoding). ``image/jpeg``
+  (the default for images) and ``image/png`` render one frame (``frameNumber``, default 1) with
+  ``windowCenter`` / ``windowWidth``, ``rows`` / ``columns`` (fitted) and ``imageQuality``. An object without
+  pixel data defaults to ``application/dicom``.
 * ``anonymize=yes`` is refused (400): telerad does not de-identify on retrieval. ``region``, ``annotation``
   and presentation state parameters are ignored.
 * The site is the ``X-Telerad-Site`` header or the ``site`` query parameter (a URL cannot carry headers).
@@ -16,6 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
+from telerad.adapters.dicomweb import media
 from telerad.adapters.dicomweb.deps import CtxDep, SiteUriDep, check_uid
 from telerad.adapters.dicomweb.media import type_matches
 from telerad.adapters.dicomweb.rendered import parse_window, render_response
@@ -37,9 +38,12 @@ def _required(request: Request, name: str) -> str:
     return value
 
 
-def _content_type(raw: str | None, has_pixels: bool) -> str:
+def _content_type(request: Request, has_pixels: bool) -> str:
+    raw = request.query_params.get("contentType")
     if raw is None or not raw.strip():
-        return rendering.JPEG if has_pixels else DICOM
+        # PS3.18 9.3: without contentType the Accept header decides; "*/*" means image/jpeg (ours: for images).
+        order = [rendering.JPEG, rendering.PNG, DICOM] if has_pixels else [DICOM, rendering.JPEG, rendering.PNG]
+        return media.require(media.parse_accept(request.headers.get("accept")), order)
     for item in raw.split(","):
         mtype = item.split(";")[0].strip().lower()
         for offered in OFFERED:
@@ -67,7 +71,7 @@ def wado(request: Request, ctx: CtxDep, site: SiteUriDep) -> Response:
     if q.get("anonymize", "").lower() == "yes":
         raise HTTPException(400, "WADO-URI: anonymize=yes is not supported")
     inst = get_instance(ctx, site.id, study, series, sop)
-    chosen = _content_type(q.get("contentType"), inst.number_of_frames > 0)
+    chosen = _content_type(request, inst.number_of_frames > 0)
     if chosen == DICOM:
         wanted = q.get("transferSyntax")
         if wanted and wanted != inst.transfer_syntax_uid:
