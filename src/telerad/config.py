@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     dimse_tls_ca: Path | None = Field(None, description="CA bundle; set to require client certificates")
 
     # DICOMweb
+    public_base_url: str = Field(default="", description="e.g. https://pacs.example.org; default: from the request")
     dicomweb_default_limit: int = 1000
 
     @model_validator(mode="after")

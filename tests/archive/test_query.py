@@ -85,7 +85,7 @@ def test_uid_list_and_levels(ctx, site, loaded):
 
 
 def test_modalities_in_study_and_paging(ctx, site, loaded):
-    rows = search(ctx, site.id, "STUDY", {"00080061": "DX\\MR"})
+    rows = search(ctx, site.id, "STUDY", {"00080061": "CR\\MR"})
     assert [val(r, "00100020") for r in rows] == ["P2"]
     page = search(ctx, site.id, "STUDY", {}, limit=2, offset=1)
     assert len(page) == 2

@@ -88,5 +88,9 @@ def header_safe(text: str) -> str:
 
 
 def service_root(request: Request) -> str:
-    """Absolute URL of the DICOMweb service root as the client reached it (for RetrieveURL, BulkDataURI)."""
-    return str(request.base_url).rstrip("/") + DICOMWEB_PREFIX
+    """Absolute URL of the DICOMweb service root (for RetrieveURL, BulkDataURI): the configured
+    ``public_base_url`` (behind a reverse proxy, or for clients that omit the port from Host), else the URL
+    the client reached."""
+    configured = get_ctx(request).settings.public_base_url
+    base = configured if configured else str(request.base_url)
+    return base.rstrip("/") + DICOMWEB_PREFIX
