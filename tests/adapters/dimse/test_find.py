@@ -198,3 +198,31 @@ def test_cancel_stops_the_responses(ctx: Context, dcmtk: Dcmtk, site: registry.S
     assert r.rc == 0, r.out
     assert "Received Final Find Response (Cancel: MatchingTerminatedDueToCancelRequest)" in r  # FE00H
     assert 1 <= len(rsps) < 150
+
+
+RETURN_KEY = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+              "IMAGE": "SOPInstanceUID"}
+MATCHES = [(model, level, kind) for model in ("-P", "-S") for level in ("PATIENT", "STUDY", "SERIES", "IMAGE")
+           for kind in ("wildcard", "range", "list") if not (model == "-S" and level == "PATIENT")]
+
+
+@pytest.mark.parametrize(("model", "level", "kind"), MATCHES, ids=[f"{m[1:]}-{lv}-{k}" for m, lv, k in MATCHES])
+def test_matching_kinds_at_every_level(dcmtk: Dcmtk, archive: Archive, model: str, level: str, kind: str) -> None:
+    """Wild card, range and list matching (PS3.4 C.2.2.2.4, C.2.2.2.5, C.2.2.2.2) select Jones's entities."""
+    if kind == "wildcard":
+        key = "PatientName=J*s^M?ry"
+    elif kind == "range":
+        key = "PatientBirthDate=19700101-19791231" if level == "PATIENT" else "StudyDate=20220101-20221231"
+    else:
+        key = {"PATIENT": "PatientID=GH002\\RC001",
+               "STUDY": f"StudyInstanceUID={archive.studies['S3']}\\{archive.studies['S4']}",
+               "SERIES": f"SeriesInstanceUID={archive.series['S3-CT']}\\{archive.series['S4-CT']}",
+               "IMAGE": "SOPInstanceUID=" + "\\".join(archive.sops["S3-CT"] + archive.sops["S4-CT"])}[level]
+    expected = {"PATIENT": {"GH002"}, "STUDY": {archive.studies["S3"]}, "SERIES": {archive.series["S3-CT"]},
+                "IMAGE": set(archive.sops["S3-CT"])}[level]
+    keys = [f"QueryRetrieveLevel={level}", key]
+    if not key.startswith(RETURN_KEY[level] + "="):
+        keys.append(RETURN_KEY[level])  # a second -k for the same tag would override the matching value
+    r, rsps = dcmtk.find(GH_AE, model, keys)
+    assert r.rc == 0, r.out
+    assert values(rsps, RETURN_KEY[level]) == expected

@@ -41,6 +41,7 @@ CHARSET = 0x00080005
 RETRIEVE_AET = 0x00080054
 _NOT_KEYS = {QUERY_LEVEL, CHARSET, RETRIEVE_AET}
 PAGE = 500
+_TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "PN", "UC"}  # VRs affected by Specific Character Set (PS3.5 6.1.2.3)
 
 MODEL_LEVELS = {"PATIENT": ("PATIENT", "STUDY", "SERIES", "IMAGE"), "STUDY": ("STUDY", "SERIES", "IMAGE")}
 
@@ -129,8 +130,7 @@ def response(row: dict[str, Any], requested: list[DataElement], level: str, ae_t
         ds.add(_from_row(row, elem))
     ds.QueryRetrieveLevel = level
     ds.RetrieveAETitle = ae_title
-    if any(isinstance(e.value, str) and not e.value.isascii() or e.VR == "PN" and not str(e.value).isascii()
-           for e in ds):
+    if any(e.VR in _TEXT_VRS and e.value is not None and not str(e.value).isascii() for e in ds):
         ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8 (PS3.3 C.12.1.1.2) when a value needs it
     return ds
 
