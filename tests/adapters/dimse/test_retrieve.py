@@ -150,7 +150,7 @@ def test_move_keeps_each_stored_transfer_syntax(ctx: Context, dcmtk: Dcmtk, site
                                                 tmp_path: Path, storescp_factory: Callable[[str], StoreSCP]) -> None:
     study = generate_uid()
     names = ["CT_small.dcm", "MR_small_implicit.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm",
-             "JPEG2000.dcm", "SC_rgb_rle.dcm"]
+             "JPEG2000.dcm", "SC_rgb_rle.dcm", "image_dfl.dcm", "MR_small_bigendian.dcm"]
     uids = set()
     for name in names:
         path, uid = sample(name, tmp_path / "src", StudyInstanceUID=study, PatientID="MIX1")
