@@ -4,7 +4,7 @@ Retrieval is hierarchical (PS3.4 C.4.2.2.1, C.4.3.2.1): the Identifier carries t
 Query/Retrieve Level and the levels above it, the level's own unique key is required (a single value or a
 list of UIDs, PS3.4 C.2.2.2.2) and wild cards are not allowed. Instances are found with the shared matcher
 (:func:`telerad.archive.query.search`, IMAGE level) within the calling node's site only, and their stored
-files are read back to be sent in C-STORE sub-operations:
+files are sent byte for byte (:mod:`.rawsend`) in C-STORE sub-operations:
 
 - C-MOVE: to the Move Destination, which must be a registered node of the *same* site as the calling node
   (PS3.4 C.4.2.1.4: otherwise 0xA801 Move Destination unknown), over a new association whose presentation
@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
@@ -34,6 +33,7 @@ from sqlalchemy import select
 
 from telerad.adapters.dimse.common import Runtime
 from telerad.adapters.dimse.find import CANCEL, MODEL_LEVELS, IdentifierError, model_of, parse_identifier
+from telerad.adapters.dimse.rawsend import StoredFile
 from telerad.archive import registry
 from telerad.archive.query import search
 from telerad.db.models import Instance
@@ -96,17 +96,17 @@ def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContex
 
 
 def _load(rt: Runtime, inst: StoredInstance) -> Dataset:
-    """The stored file as a dataset; elements stay raw, so pydicom writes their bytes back unchanged."""
-    try:
-        return dcmread(rt.ctx.blobs.path(inst.blob_key))
-    except Exception:
-        log.exception("cannot read stored instance %s (blob %s)", inst.sop_uid, inst.blob_key)
-        # Without File Meta pynetdicom cannot send it: the sub-operation counts as failed with this UID
-        # in the Failed SOP Instance UID List (PS3.4 C.4.2.1.4.2).
-        ds = Dataset()
-        ds.SOPClassUID = inst.sop_class_uid
-        ds.SOPInstanceUID = inst.sop_uid
-        return ds
+    """The stored file, to be sent byte for byte (:mod:`.rawsend`)."""
+    path = rt.ctx.blobs.path(inst.blob_key)
+    if path.is_file():
+        return StoredFile(path, inst.sop_class_uid, inst.sop_uid, inst.transfer_syntax_uid)
+    log.error("stored file of instance %s (blob %s) is missing", inst.sop_uid, inst.blob_key)
+    # Without File Meta pynetdicom cannot send it: the sub-operation counts as failed with this UID
+    # in the Failed SOP Instance UID List (PS3.4 C.4.2.1.4.2).
+    ds = Dataset()
+    ds.SOPClassUID = inst.sop_class_uid
+    ds.SOPInstanceUID = inst.sop_uid
+    return ds
 
 
 def _send(event: Any, rt: Runtime, instances: list[StoredInstance]) -> Iterator[tuple[int, Dataset | None]]:

@@ -36,6 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
+from telerad.adapters.dimse import rawsend
 from telerad.adapters.dimse.auth import TenantAE
 from telerad.adapters.dimse.commitment import handle_n_action
 from telerad.adapters.dimse.common import Runtime
@@ -67,14 +68,20 @@ def prefer_requestor_order(event: Any) -> None:
     contexts are a per-association copy, still writable before negotiation, so reordering them is local.
     """
     assoc = event.assoc
-    proposed: dict[str, list[str]] = {}
+    # A sender may propose one abstract syntax in several contexts (DCMTK storescu: one per transfer
+    # syntax, or [Big Endian, Implicit] beside [Little Endian, ...]); supported contexts are per abstract
+    # syntax, so rank each transfer syntax by its best position in any of those contexts: every context then
+    # gets its own first choice.
+    rank: dict[str, dict[str, int]] = {}
     for cx in assoc.requestor.primitive.presentation_context_definition_list:
-        proposed.setdefault(str(cx.abstract_syntax), [str(t) for t in cx.transfer_syntax])
+        ranks = rank.setdefault(str(cx.abstract_syntax), {})
+        for i, t in enumerate(cx.transfer_syntax):
+            ranks[str(t)] = min(i, ranks.get(str(t), i))
     for cx in assoc.acceptor.supported_contexts:
-        order = proposed.get(str(cx.abstract_syntax))
-        if order:
+        ranks = rank.get(str(cx.abstract_syntax))
+        if ranks:
             ours = [str(t) for t in cx.transfer_syntax]
-            cx.transfer_syntax = [t for t in order if t in ours] + [t for t in ours if t not in order]
+            cx.transfer_syntax = sorted(ours, key=lambda t: (ranks.get(t, len(ours)), ours.index(t)))
 
 
 class _Server(ThreadedAssociationServer):
@@ -139,6 +146,7 @@ def build_ae(ctx: Context) -> TenantAE:
 def start_dimse(ctx: Context) -> DimseServer:
     """Start listening on ``dicom_host:dicom_port`` in background threads and return at once."""
     s = ctx.settings
+    rawsend.install()
     ae = build_ae(ctx)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="telerad-stgcmt")
     rt = Runtime(ctx=ctx, ae=ae, executor=executor)
