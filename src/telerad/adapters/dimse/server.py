@@ -78,10 +78,10 @@ def prefer_requestor_order(event: Any) -> None:
         for i, t in enumerate(cx.transfer_syntax):
             ranks[str(t)] = min(i, ranks.get(str(t), i))
     for cx in assoc.acceptor.supported_contexts:
-        ranks = rank.get(str(cx.abstract_syntax))
-        if ranks:
+        theirs = rank.get(str(cx.abstract_syntax))
+        if theirs:
             ours = [str(t) for t in cx.transfer_syntax]
-            cx.transfer_syntax = sorted(ours, key=lambda t: (ranks.get(t, len(ours)), ours.index(t)))
+            cx.transfer_syntax = sorted(ours, key=lambda t: (theirs.get(t, len(ours)), ours.index(t)))
 
 
 class _Server(ThreadedAssociationServer):
