@@ -36,7 +36,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from telerad.adapters.dimse import rawsend
+from telerad.adapters.dimse import rawsend, sockets
 from telerad.adapters.dimse.auth import TenantAE
 from telerad.adapters.dimse.commitment import handle_n_action
 from telerad.adapters.dimse.common import Runtime
@@ -93,6 +93,7 @@ class _Server(ThreadedAssociationServer):
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        sockets.nodelay(request)
         if self.ssl_context is not None:
             try:
                 request.settimeout(TLS_HANDSHAKE_TIMEOUT)
@@ -147,6 +148,7 @@ def start_dimse(ctx: Context) -> DimseServer:
     """Start listening on ``dicom_host:dicom_port`` in background threads and return at once."""
     s = ctx.settings
     rawsend.install()
+    sockets.install()
     ae = build_ae(ctx)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="telerad-stgcmt")
     rt = Runtime(ctx=ctx, ae=ae, executor=executor)
@@ -162,6 +164,7 @@ def start_dimse(ctx: Context) -> DimseServer:
     server = ae.make_server((s.dicom_host, s.dicom_port), ssl_context=server_context(s), evt_handlers=handlers,
                             server_class=_Server)
     assert isinstance(server, _Server)
+    server.contexts = sockets.cheap_copies(server.contexts)
     thread = threading.Thread(target=server.serve_forever, name=f"dimse-{s.dicom_port}", daemon=True)
     thread.start()
     ae._servers.append(server)  # as AE.start_server does: counted for maximum_associations, stopped by shutdown
