@@ -65,4 +65,6 @@ def import_paths(
             summary.add(name, store(ctx, site_id, data, source="import"))
         if progress:
             progress(name)
+    if summary.counts[Outcome.STORED.value]:
+        ctx.db.analyze()  # a bulk load changes the index's shape: plan queries on fresh statistics
     return summary

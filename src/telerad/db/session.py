@@ -62,5 +62,19 @@ class Database:
         finally:
             s.close()
 
+    def analyze(self) -> None:
+        """Refresh the query planner's statistics.
+
+        Without them SQLite plans a QIDO by Patient ID through the studies' site index and walks every study
+        of the site (measured: QIDO p95 x2.5 at 100k instances); with them it starts from the patient.
+        ``analysis_limit`` bounds the work on a large index. PostgreSQL's autovacuum does this by itself,
+        but an explicit ANALYZE after a bulk import helps there too.
+        """
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA analysis_limit=2000")
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+
     def dispose(self) -> None:
         self.engine.dispose()
