@@ -26,6 +26,15 @@ def _reset_postgres(url: str) -> None:
     engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Tests never read the developer's TELERAD_* variables or telerad.toml."""
+    for var in list(os.environ):
+        if var.startswith("TELERAD_") and var != "TELERAD_TEST_DATABASE_URL":
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("TELERAD_CONFIG", str(tmp_path / "no-such-telerad.toml"))
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     overrides: dict[str, object] = {"home": tmp_path / "home", "http_port": free_port(), "dicom_port": free_port()}

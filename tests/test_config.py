@@ -42,3 +42,18 @@ def test_invalid_values_are_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("TELERAD_HTTP_PORT", "not-a-port")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_non_loopback_listeners_are_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("TELERAD_HOME", str(tmp_path))
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert Settings(http_host=host, dicom_host=host).http_host == host
+    with pytest.raises(ValidationError, match="no authentication"):
+        Settings(http_host="0.0.0.0")
+    with pytest.raises(ValidationError, match="client certificates"):
+        Settings(dicom_host="0.0.0.0")
+    with pytest.raises(ValidationError, match="client certificates"):
+        Settings(dicom_host="10.1.2.3", dimse_tls_cert=tmp_path / "c.pem", dimse_tls_key=tmp_path / "k.pem")
+    ok = Settings(dicom_host="0.0.0.0", dimse_tls_cert=tmp_path / "c.pem", dimse_tls_key=tmp_path / "k.pem",
+                  dimse_tls_ca=tmp_path / "ca.pem")
+    assert ok.dicom_host == "0.0.0.0"

@@ -7,6 +7,7 @@ Defaults are secure: every listener binds loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -19,6 +20,15 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _default_home() -> Path:
@@ -66,6 +76,18 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'telerad.db'}"
         if len(self.ae_title.strip()) == 0 or len(self.ae_title) > 16:
             raise ValueError("ae_title must be 1 to 16 characters (PS3.5 AE VR)")
+        # Secure defaults (ARCHITECTURE: refuse a non-loopback listener without TLS and authentication).
+        if not is_loopback(self.http_host):
+            raise ValueError(
+                f"http_host {self.http_host!r} is not a loopback address: the HTTP API has no authentication "
+                "yet, so telerad only serves it on 127.0.0.1 / ::1 (put a TLS-terminating, authenticating proxy "
+                "in front of it)")
+        if not is_loopback(self.dicom_host) and not (
+            self.dimse_tls_cert and self.dimse_tls_key and self.dimse_tls_ca
+        ):
+            raise ValueError(
+                f"dicom_host {self.dicom_host!r} is not a loopback address: a DICOM listener reachable from the "
+                "network needs TLS with client certificates (dimse_tls_cert, dimse_tls_key, dimse_tls_ca)")
         return self
 
     @property

@@ -141,3 +141,35 @@ def test_restart_keeps_everything(ctx, site):
         assert store(again, site.id, raw).outcome is Outcome.DUPLICATE
     finally:
         again.close()
+
+
+def _edited(raw: bytes, **attrs: object) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_series_of_another_study_is_refused(ctx, site):
+    first, second = ct_series(PATIENT, generate_uid(), "A1", 2, 16)
+    assert store(ctx, site.id, first).ok
+    moved = _edited(second, StudyInstanceUID=generate_uid())
+    r = store(ctx, site.id, moved)
+    assert r.outcome is Outcome.REJECTED and r.status == 0xA900 and "another study" in r.reason
+    assert count(ctx, Instance) == 1 and count(ctx, Study) == 1
+
+
+def test_dates_and_times_indexed_in_canonical_form(ctx, site):
+    raw = _edited(ct_series(PATIENT, generate_uid(), "A1", 1, 16)[0], StudyTime="0930", StudyDate="20240131")
+    assert store(ctx, site.id, raw).ok
+    with ctx.db.session() as s:
+        study = s.execute(select(Study)).scalar_one()
+    assert (study.study_date, study.study_time) == ("20240131", "093000")
+
+
+def test_zero_frames_refused(ctx, site):
+    raw = _edited(ct_series(PATIENT, generate_uid(), "A1", 1, 16)[0], NumberOfFrames=0)
+    r = store(ctx, site.id, raw)
+    assert r.status == CANNOT_UNDERSTAND and "Number of Frames" in r.reason

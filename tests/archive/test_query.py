@@ -69,6 +69,8 @@ def test_date_ranges(ctx, site, loaded):
     assert pids("20240105") == ["P1"]
     with pytest.raises(QueryError):
         search(ctx, site.id, "STUDY", {"00080020": "2024-01-01x"})
+    with pytest.raises(QueryError, match="empty list"):
+        search(ctx, site.id, "STUDY", {"0020000D": "\\"})
 
 
 def test_uid_list_and_levels(ctx, site, loaded):

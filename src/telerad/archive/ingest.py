@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from telerad.archive.errors import (
+    DATASET_MISMATCH,
     DUPLICATE_SOP_INSTANCE,
     OUT_OF_RESOURCES,
     PROCESSING_FAILURE,
@@ -95,6 +96,22 @@ def _s(ds: object, keyword: str, limit: int) -> str:
     return str(v).strip("\0 ")[:limit]
 
 
+def _da(ds: object, keyword: str) -> str:
+    """A date as YYYYMMDD (PS3.5 DA; the ACR-NEMA form 2020.01.31 too), "" when absent or invalid."""
+    v = _s(ds, keyword, 10).replace(".", "")
+    return v if len(v) == 8 and v.isdigit() else ""
+
+
+def _tm(ds: object, keyword: str) -> str:
+    """A time as HHMMSS[.ffffff] (PS3.5 TM; omitted minutes/seconds are zero, ACR-NEMA 09:30:00 too), so
+    the index compares times as strings; "" when absent or invalid."""
+    v = _s(ds, keyword, 16).replace(":", "")
+    digits, _, frac = v.partition(".")
+    if not digits.isdigit() or len(digits) not in (2, 4, 6) or (frac and not frac.isdigit()):
+        return ""
+    return digits.ljust(6, "0") + ("." + frac if frac else "")
+
+
 def _n(ds: object, keyword: str) -> int | None:
     try:
         v = getattr(ds, keyword, None)
@@ -119,13 +136,17 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
     ds = obj.dataset
     # Common case first: the series exists already (one indexed lookup gives series and study).
     row = session.execute(
-        select(Series.id, Series.study_fk).where(Series.site_id == site_id, Series.series_uid == obj.series_uid)
+        select(Series.id, Series.study_fk, Study.study_uid).join(Study, Series.study_fk == Study.id)
+        .where(Series.site_id == site_id, Series.series_uid == obj.series_uid)
     ).first()
     new_series = row is None
     if row is None:
         series_id, study_id = _new_series(session, site_id, obj)
     else:
-        series_id, study_id = row
+        series_id, study_id, stored_study_uid = row
+        if stored_study_uid != obj.study_uid:
+            return _result(obj, Outcome.REJECTED, DATASET_MISMATCH,
+                           f"series {obj.series_uid} already belongs to another study")
     session.execute(insert(Instance).values(
         site_id=site_id, series_fk=series_id, sop_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
         instance_number=_n(ds, "InstanceNumber"), transfer_syntax_uid=obj.transfer_syntax_uid,
@@ -138,7 +159,10 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
     values: dict[str, object] = {"num_instances": Study.num_instances + 1}
     if new_series:
         values["num_series"] = Study.num_series + 1
-        current = session.execute(select(Study.modalities).where(Study.id == study_id)).scalar_one()
+        # Row lock (PostgreSQL; SQLite holds the database write lock already): two new series of one study
+        # arriving together must not lose a modality.
+        current = session.execute(
+            select(Study.modalities).where(Study.id == study_id).with_for_update()).scalar_one()
         modalities = [m for m in current.split("\\") if m]
         modality = _s(ds, "Modality", 16)
         if modality and modality not in modalities:
@@ -157,7 +181,7 @@ def _new_series(session: Session, site_id: int, obj: ParsedObject) -> tuple[int,
         patient = _patient(session, site_id, ds)
         study = Study(
             site_id=site_id, patient_fk=patient.id, study_uid=obj.study_uid,
-            study_date=_s(ds, "StudyDate", 8), study_time=_s(ds, "StudyTime", 16),
+            study_date=_da(ds, "StudyDate"), study_time=_tm(ds, "StudyTime"),
             accession_number=_s(ds, "AccessionNumber", 16), study_id=_s(ds, "StudyID", 16),
             description=_s(ds, "StudyDescription", 64), referring_physician=_s(ds, "ReferringPhysicianName", 324),
             attributes_json=level_json(obj.metadata, STUDY_TAGS), num_series=0, num_instances=0, modalities="",
@@ -169,8 +193,8 @@ def _new_series(session: Session, site_id: int, obj: ParsedObject) -> tuple[int,
         site_id=site_id, study_fk=study_id, series_uid=obj.series_uid, modality=_s(ds, "Modality", 16),
         series_number=_n(ds, "SeriesNumber"), description=_s(ds, "SeriesDescription", 64),
         body_part=_s(ds, "BodyPartExamined", 16),
-        pps_start_date=_s(ds, "PerformedProcedureStepStartDate", 8),
-        pps_start_time=_s(ds, "PerformedProcedureStepStartTime", 16),
+        pps_start_date=_da(ds, "PerformedProcedureStepStartDate"),
+        pps_start_time=_tm(ds, "PerformedProcedureStepStartTime"),
         attributes_json=level_json(obj.metadata, SERIES_TAGS), num_instances=0,
     )
     session.add(series)
@@ -185,7 +209,7 @@ def _patient(session: Session, site_id: int, ds: object) -> Patient:
     ).scalar_one_or_none()
     if patient is None:
         patient = Patient(site_id=site_id, patient_id=pid, issuer=issuer,
-                          patient_name=_s(ds, "PatientName", 324), birth_date=_s(ds, "PatientBirthDate", 8),
+                          patient_name=_s(ds, "PatientName", 324), birth_date=_da(ds, "PatientBirthDate"),
                           sex=_s(ds, "PatientSex", 16))
         session.add(patient)
         session.flush()

@@ -130,6 +130,8 @@ def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int
     if rows > max_rows or cols > max_columns:
         raise RejectedObject(OUT_OF_RESOURCES, f"image {rows}x{cols} exceeds the configured maximum")
     nframes = _int(ds, "NumberOfFrames", 1)
+    if nframes < 1:
+        raise RejectedObject(CANNOT_UNDERSTAND, f"Number of Frames must be 1 or more, got {nframes}")
     if nframes > max_frames:
         raise RejectedObject(OUT_OF_RESOURCES, f"{nframes} frames exceed the configured maximum")
 
@@ -238,12 +240,11 @@ def _encapsulated_frames(
         return [[f] for f in frags]
     first_item = fragments[0][0]
     starts: list[int] | None = None
-    if "ExtendedOffsetTable" in ds:
-        raw = ds.ExtendedOffsetTable
-        starts = list(struct.unpack(f"<{len(raw) // 8}Q", raw))
+    if "ExtendedOffsetTable" in ds and len(ds.ExtendedOffsetTable) == 8 * nframes:
+        starts = list(struct.unpack(f"<{nframes}Q", ds.ExtendedOffsetTable))
     elif bot[2] >= 4 * nframes:
         starts = list(struct.unpack_from(f"<{nframes}I", data, bot[1]))
-    if starts is not None and len(starts) == nframes:
+    if starts is not None and starts[0] == 0 and all(a < b for a, b in zip(starts, starts[1:], strict=False)):
         by_start = {item_pos - first_item: i for i, (item_pos, _, _) in enumerate(fragments)}
         if all(s in by_start for s in starts):
             idx = [by_start[s] for s in starts] + [len(frags)]
@@ -273,7 +274,8 @@ def _to_json(ds: Dataset, pixel_tag: int | None) -> dict[str, Any]:
     except Exception as exc:  # pragma: no cover - pydicom raises for unencodable values
         raise RejectedObject(CANNOT_UNDERSTAND, f"cannot represent the object as DICOM JSON: {exc}") from exc
     if pixel_tag is not None:
-        vr = "OB" if pixel_tag == 0x7FE00010 and _int(ds, "BitsAllocated", 16) <= 8 else "OW"
+        encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
+        vr = "OB" if encapsulated or _int(ds, "BitsAllocated", 16) <= 8 else "OW"  # PS3.5 A.4: encapsulated is OB
         if pixel_tag == 0x7FE00008:
             vr = "OF"
         elif pixel_tag == 0x7FE00009:

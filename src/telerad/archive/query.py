@@ -161,6 +161,8 @@ def _match(attr: Attr, raw: str) -> ColumnElement[bool] | None:
     col = attr.column
     if attr.vr == "UI":
         uids = [u.strip() for u in value.split("\\") if u.strip()]
+        if not uids:
+            raise QueryError(f"({attr.tag[:4]},{attr.tag[4:]}) has an empty list of UIDs")
         return col.in_(uids) if len(uids) > 1 else col == uids[0]
     if attr.vr in ("DA", "TM", "DT"):
         return _range(col, value, attr.vr)
