@@ -23,7 +23,7 @@ run: venv
 	$(BIN)/telerad serve
 
 ## Set up everything the tests need and run the whole suite on SQLite, then on PostgreSQL.
-test: system-deps services venv lint typecheck test-sqlite test-postgres
+test: system-deps venv lint typecheck test-sqlite services test-postgres
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,9 +34,7 @@ system-deps:
 	fi
 
 services:
-	@pg_isready -h 127.0.0.1 -p 5432 -q || { \
-	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start && sleep 2; }
-	@pg_isready -h 127.0.0.1 -p 5432
+	scripts/ensure-postgres
 
 lint: venv
 	$(BIN)/ruff check src tests bench
