@@ -146,12 +146,49 @@ def test_bulk_data(ctx, site):
     s = put(ctx, site.id, data)
     inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
     ds = read(data)
-    assert retrieve.bulk_data(ctx, inst, 0x7FE00010).parts == [ds.PixelData]
+    assert retrieve.bulk_data(ctx, inst, [(0x7FE00010, None)]).parts == [ds.PixelData]
     private = next(e for e in ds if e.VR in ("OB", "UN") and len(e.value) > 1024)
-    assert retrieve.bulk_data(ctx, inst, private.tag).parts == [private.value]
+    assert retrieve.bulk_data(ctx, inst, [(int(private.tag), None)]).parts == [private.value]
     with pytest.raises(NotFound):
-        retrieve.bulk_data(ctx, inst, 0x00091234)
+        retrieve.bulk_data(ctx, inst, [(0x00091234, None)])
     jpeg = put(ctx, site.id, sample_file("examples_ybr_color.dcm"))
     inst = retrieve.get_instance(ctx, site.id, jpeg.study, jpeg.series, jpeg.sop)
-    payload = retrieve.bulk_data(ctx, inst, 0x7FE00010)
+    payload = retrieve.bulk_data(ctx, inst, [(0x7FE00010, None)])
     assert len(payload.parts) == 30 and payload.media_type == "image/jpeg"
+
+
+def test_nested_bulk_data_has_its_own_path(ctx, site):
+    """An Icon Image Sequence's Pixel Data gets SEQ.item.TAG, and resolves to the icon, not the image."""
+    import io
+    import json
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select
+
+    from telerad.archive.demo import ct_series
+    from telerad.archive.parse import parse_bulk_path
+    from telerad.db.models import Instance
+
+    ds = read(ct_series(("Icon^Pat", "IC1", "19700101", "F"), generate_uid(), "A", 1, 32)[0])
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated = 48, 48, 8
+    icon.PixelData = bytes(range(256)) * 9
+    ds.IconImageSequence = [icon]
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    s = put(ctx, site.id, buf.getvalue())
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    with ctx.db.session() as session:
+        stored = session.execute(select(Instance.metadata_json).where(Instance.sop_uid == s.sop)).scalar_one()
+    uri = json.loads(stored)["00880200"]["Value"][0]["7FE00010"]["BulkDataURI"]
+    assert uri.endswith("/bulk/00880200.0.7FE00010")
+    path = parse_bulk_path(uri.rsplit("/", 1)[1])
+    assert path == [(0x00880200, 0), (0x7FE00010, None)]
+    assert retrieve.bulk_data(ctx, inst, path).parts == [icon.PixelData]
+    assert retrieve.bulk_data(ctx, inst, [(0x7FE00010, None)]).parts == [ds.PixelData]
+    with pytest.raises(NotFound):
+        retrieve.bulk_data(ctx, inst, [(0x00880200, 3), (0x7FE00010, None)])
+    for bad in ["7FE0001", "00880200.0", "00880200.x.7FE00010", "00880200.-1.7FE00010"]:
+        with pytest.raises(ValueError):
+            parse_bulk_path(bad)

@@ -260,8 +260,48 @@ def _encapsulated_frames(
     return out if len(out) == nframes else None
 
 
-def _bulk_uri(elem: Any) -> str:
-    return f"{BASE_PLACEHOLDER}/bulk/{elem.tag:08X}"
+class _BulkUris:
+    """BulkDataURI per element: ``.../bulk/TTTTTTTT`` at the top level, and for elements inside sequences
+    the item path ``.../bulk/SSSSSSSS.i.TTTTTTTT`` (so an Icon Image Sequence's Pixel Data is not taken for
+    the image's). The nested paths are computed only when a nested value is large enough to need one."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self.nested: dict[int, str] | None = None
+
+    def __call__(self, elem: Any) -> str:
+        if self.ds.get(elem.tag) is elem:
+            return f"{BASE_PLACEHOLDER}/bulk/{elem.tag:08X}"
+        if self.nested is None:
+            self.nested = {}
+            _walk(self.ds, "", self.nested)
+        return f"{BASE_PLACEHOLDER}/bulk/{self.nested.get(id(elem), f'{elem.tag:08X}')}"
+
+
+def _walk(ds: Dataset, prefix: str, out: dict[int, str]) -> None:
+    for elem in ds:
+        path = f"{prefix}{elem.tag:08X}"
+        out[id(elem)] = path
+        if elem.VR == "SQ":
+            for i, item in enumerate(elem.value):
+                _walk(item, f"{path}.{i}.", out)
+
+
+def parse_bulk_path(text: str) -> list[tuple[int, int | None]]:
+    """``SSSSSSSS.i.TTTTTTTT`` -> [(sequence tag, item index), (tag, None)]; ValueError when malformed."""
+    parts = text.split(".")
+    if len(parts) % 2 != 1:
+        raise ValueError(text)
+    out: list[tuple[int, int | None]] = []
+    for i in range(0, len(parts), 2):
+        tag = parts[i]
+        if len(tag) != 8:
+            raise ValueError(text)
+        index = int(parts[i + 1]) if i + 1 < len(parts) else None
+        if index is not None and index < 0:
+            raise ValueError(text)
+        out.append((int(tag, 16), index))
+    return out
 
 
 def _to_json(ds: Dataset, pixel_tag: int | None) -> dict[str, Any]:
@@ -270,7 +310,7 @@ def _to_json(ds: Dataset, pixel_tag: int | None) -> dict[str, Any]:
     BulkDataURIs carry a placeholder for the instance URL, filled in when served.
     """
     try:
-        out = ds.to_json_dict(BULK_THRESHOLD, _bulk_uri, suppress_invalid_tags=True)
+        out = ds.to_json_dict(BULK_THRESHOLD, _BulkUris(ds), suppress_invalid_tags=True)
     except Exception as exc:  # pragma: no cover - pydicom raises for unencodable values
         raise RejectedObject(CANNOT_UNDERSTAND, f"cannot represent the object as DICOM JSON: {exc}") from exc
     if pixel_tag is not None:

@@ -248,21 +248,22 @@ def _parse_frames(ctx: Context, inst: StoredInstance) -> list[bytes]:
     return [np.packbits(stream[i * bits:(i + 1) * bits], bitorder="little").tobytes() for i in range(n)]
 
 
-def bulk_data(ctx: Context, inst: StoredInstance, tag: int) -> PixelPayload:
+def bulk_data(ctx: Context, inst: StoredInstance, path: list[tuple[int, int | None]]) -> PixelPayload:
     """The value of a bulk data element (PS3.18 10.4.1.1.5, the target of our BulkDataURIs).
 
     Pixel Data: native frames concatenated as one octet stream, compressed frames one part each. Any other
     element: the file is parsed and the element's value sent as little endian octets.
     """
-    if tag == PIXEL_DATA and inst.number_of_frames > 0:
+    tag = path[-1][0]
+    if len(path) == 1 and tag == PIXEL_DATA and inst.number_of_frames > 0:
         payload = frames(ctx, inst, list(range(1, inst.number_of_frames + 1)))
         if is_native(inst.transfer_syntax_uid):
             return PixelPayload([b"".join(payload.parts)], payload.media_type, payload.transfer_syntax_uid)
         return payload
     ds = pydicom.dcmread(ctx.blobs.path(inst.blob_key))
-    value = _find_raw(ds, tag)
+    value = _find_raw(ds, path)
     if value is None:
-        raise NotFound(f"instance {inst.sop_uid} has no bulk data element {tag:08X}")
+        raise NotFound(f"instance {inst.sop_uid} has no bulk data element at that path")
     raw, vr = value
     if inst.transfer_syntax_uid == ExplicitVRBigEndian:
         raw = _swap(raw, {"OW": 16, "US": 16, "SS": 16, "OL": 32, "UL": 32, "SL": 32, "FL": 32, "OF": 32,
@@ -270,26 +271,23 @@ def bulk_data(ctx: Context, inst: StoredInstance, tag: int) -> PixelPayload:
     return PixelPayload([raw], OCTET_STREAM, EXPLICIT_LE)
 
 
-def _find_raw(ds: Dataset, tag: int) -> tuple[bytes, str] | None:
-    """Raw value bytes of the first element with ``tag``, depth first (BulkDataURIs name only the tag)."""
-    for elem_tag in ds.keys():
-        raw = ds.get_item(elem_tag)
-        if raw is None:
-            continue
-        if elem_tag == tag:
-            value = getattr(raw, "value", None)
-            if value is None:
-                return b"", ""
-            if isinstance(value, bytes):
-                return value, str(raw.VR)
-            return _encode_value(ds, elem_tag), str(raw.VR)
-        elem = ds[elem_tag]
-        if elem.VR == "SQ":
-            for item in elem.value:
-                found = _find_raw(item, tag)
-                if found is not None:
-                    return found
-    return None
+def _find_raw(ds: Dataset, path: list[tuple[int, int | None]]) -> tuple[bytes, str] | None:
+    """Raw value bytes of the element at ``path`` (sequence tag, item index, ..., tag); see parse._BulkUris."""
+    for seq_tag, index in path[:-1]:
+        seq = ds.get(seq_tag)
+        if seq is None or seq.VR != "SQ" or index is None or index >= len(seq.value):
+            return None
+        ds = seq.value[index]
+    tag = path[-1][0]
+    raw = ds.get_item(tag)
+    if raw is None:
+        return None
+    value = getattr(raw, "value", None)
+    if value is None:
+        return b"", ""
+    if isinstance(value, bytes):
+        return value, str(raw.VR)
+    return _encode_value(ds, tag), str(ds[tag].VR)
 
 
 def _encode_value(ds: Dataset, tag: int) -> bytes:

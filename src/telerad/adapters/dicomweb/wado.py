@@ -22,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from telerad.adapters.dicomweb import media, multipart
 from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root, valid_path_uids
 from telerad.archive import retrieve
+from telerad.archive.parse import parse_bulk_path
 from telerad.archive.retrieve import FrameError, NotFound, PixelPayload, StoredInstance
 from telerad.context import Context
 
@@ -156,14 +157,13 @@ def retrieve_frames(study: str, series: str, instance: str, frame_list: str, req
 def retrieve_bulk(study: str, series: str, instance: str, tag: str, request: Request, ctx: CtxDep,
                   site: SiteDep) -> Response:
     try:
-        tag_value = int(tag, 16)
-        if len(tag) != 8:
-            raise ValueError
+        path = parse_bulk_path(tag)
     except ValueError:
-        raise HTTPException(400, f"bulk data tag must be 8 hexadecimal digits, got {tag[:20]!r}") from None
+        raise HTTPException(400, "bulk data path must be a tag of 8 hexadecimal digits, or "
+                                 f"SEQUENCETAG.item.TAG for nested elements, got {tag[:40]!r}") from None
     inst = get_instance(ctx, site.id, study, series, instance)
     try:
-        payload = retrieve.bulk_data(ctx, inst, tag_value)
+        payload = retrieve.bulk_data(ctx, inst, path)
     except (NotFound, FrameError) as exc:
         raise HTTPException(404, str(exc)) from None
     return payload_response(request, payload)
