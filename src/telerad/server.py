@@ -29,6 +29,8 @@ def run(ctx: Context) -> None:
     from telerad.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom logs every PDU and DIMSE message at INFO; telerad logs each stored object and refusal itself.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     s = ctx.settings
     ctx.db.analyze()
     threading.Thread(target=_keep_statistics_fresh, args=(ctx,), name="db-analyze", daemon=True).start()
