@@ -13,6 +13,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from telerad.context import Context
 from telerad.db.models import Site
@@ -32,7 +33,8 @@ class SiteScope:
     code: str
 
 
-def get_ctx(request: Request) -> Context:
+# Dependencies without I/O are ``async``: FastAPI runs sync dependencies in its thread pool, one hop each.
+async def get_ctx(request: Request) -> Context:
     ctx: Context = request.app.state.ctx
     return ctx
 
@@ -53,15 +55,27 @@ def _resolve(ctx: Context, code: str | None, how: str) -> SiteScope:
     return SiteScope(site_id, code)
 
 
-def current_site(request: Request, ctx: CtxDep) -> SiteScope:
+async def _resolve_cached(request: Request, code: str | None, how: str) -> SiteScope:
+    """Known site codes are remembered per app (sites are never renamed or removed yet: a feature that
+    does either must clear ``app.state.site_ids``); unknown ones are looked up every time."""
+    cache: dict[str, int] = request.app.state.__dict__.setdefault("site_ids", {})
+    key = (code or "").strip()
+    if key in cache:
+        return SiteScope(cache[key], key)
+    scope = await run_in_threadpool(_resolve, request.app.state.ctx, code, how)
+    cache[scope.code] = scope.id
+    return scope
+
+
+async def current_site(request: Request) -> SiteScope:
     """The site named by the ``X-Telerad-Site`` header (400 when missing, 404 when unknown)."""
-    return _resolve(ctx, request.headers.get(SITE_HEADER), f"{SITE_HEADER} header")
+    return await _resolve_cached(request, request.headers.get(SITE_HEADER), f"{SITE_HEADER} header")
 
 
-def current_site_uri(request: Request, ctx: CtxDep) -> SiteScope:
+async def current_site_uri(request: Request) -> SiteScope:
     """WADO-URI: the ``X-Telerad-Site`` header, else the ``site`` query parameter."""
     code = request.headers.get(SITE_HEADER) or request.query_params.get("site")
-    return _resolve(ctx, code, f"{SITE_HEADER} header or the site query parameter")
+    return await _resolve_cached(request, code, f"{SITE_HEADER} header or the site query parameter")
 
 
 SiteDep = Annotated[SiteScope, Depends(current_site)]
@@ -74,7 +88,7 @@ def check_uid(name: str, value: str) -> None:
         raise HTTPException(400, f"invalid {name} UID {value[:80]!r}: digits and dots, at most 64 characters")
 
 
-def valid_path_uids(request: Request) -> None:
+async def valid_path_uids(request: Request) -> None:
     """Router dependency: the study / series / instance UIDs in the path are UIDs."""
     for name in UID_PATH_PARAMS:
         value = request.path_params.get(name)
@@ -91,6 +105,6 @@ def service_root(request: Request) -> str:
     """Absolute URL of the DICOMweb service root (for RetrieveURL, BulkDataURI): the configured
     ``public_base_url`` (behind a reverse proxy, or for clients that omit the port from Host), else the URL
     the client reached."""
-    configured = get_ctx(request).settings.public_base_url
+    configured = request.app.state.ctx.settings.public_base_url
     base = configured if configured else str(request.base_url)
     return base.rstrip("/") + DICOMWEB_PREFIX
