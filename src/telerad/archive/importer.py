@@ -24,8 +24,11 @@ class ImportSummary:
             self.failures.append((name, f"{result.outcome.value} 0x{result.status:04X}: {result.reason}"))
 
 
-def iter_sources(paths: list[Path]) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """Yield (display name, reader) for every file in the paths, descending into folders and zips."""
+def iter_sources(paths: list[Path]) -> Iterator[tuple[str, int, Callable[[], bytes]]]:
+    """Yield (display name, size, reader) for every file in the paths, descending into folders and zips.
+
+    The size is known before anything is read (a zip member's declared size), so an oversized object, or a
+    zip bomb, is refused without being inflated."""
     for path in paths:
         if path.is_dir():
             for p in sorted(path.rglob("*")):
@@ -37,14 +40,14 @@ def iter_sources(paths: list[Path]) -> Iterator[tuple[str, Callable[[], bytes]]]
             raise FileNotFoundError(str(path))
 
 
-def _file(p: Path) -> Iterator[tuple[str, Callable[[], bytes]]]:
+def _file(p: Path) -> Iterator[tuple[str, int, Callable[[], bytes]]]:
     if zipfile.is_zipfile(p):
         with zipfile.ZipFile(p) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
-                    yield f"{p}!{info.filename}", partial(zf.read, info)
+                    yield f"{p}!{info.filename}", info.file_size, partial(zf.read, info)
     else:
-        yield str(p), p.read_bytes
+        yield str(p), p.stat().st_size, p.read_bytes
 
 
 def count_sources(paths: list[Path]) -> int:
@@ -55,7 +58,14 @@ def import_paths(
     ctx: Context, site_id: int, paths: list[Path], progress: Callable[[str], None] | None = None
 ) -> ImportSummary:
     summary = ImportSummary()
-    for name, read in iter_sources(paths):
+    limit = ctx.settings.max_object_bytes
+    for name, size, read in iter_sources(paths):
+        if size > limit:
+            summary.counts[Outcome.REJECTED.value] += 1
+            summary.failures.append((name, f"rejected: {size} bytes exceed the maximum object size of {limit}"))
+            if progress:
+                progress(name)
+            continue
         try:
             data = read()
         except OSError as exc:
