@@ -65,6 +65,32 @@ class Settings(BaseSettings):
     dimse_tls_key: Path | None = None
     dimse_tls_ca: Path | None = Field(None, description="CA bundle; set to require client certificates")
 
+    # HTTP TLS (PS3.15 BCP 195: TLS 1.2 or newer; 1.3 preferred)
+    http_tls_cert: Path | None = None
+    http_tls_key: Path | None = None
+
+    # Authentication (security/)
+    mfa_required_roles: list[str] = Field(default_factory=lambda: ["admin", "radiologist"],
+                                          description="Roles that must use a TOTP second factor to sign in")
+    password_min_length: int = 12
+    session_idle_minutes: int = 30
+    session_max_hours: int = 12
+    login_max_failures: int = 5  # per account, within login_window_minutes, then locked
+    login_max_failures_per_source: int = 20  # per source address, within login_window_minutes
+    login_window_minutes: int = 15
+    login_lockout_minutes: int = 15
+    token_max_days: int = 365
+    break_glass_minutes: int = 60
+
+    # Audit trail (IHE ATNA)
+    audit_key_file: Path | None = Field(None, description="HMAC key of the audit chain (default: home/audit.key)")
+    audit_syslog_host: str = Field("", description="Audit Record Repository (syslog over TLS, RFC 5425); empty: off")
+    audit_syslog_port: int = 6514
+    audit_syslog_ca: Path | None = None
+    audit_syslog_cert: Path | None = None
+    audit_syslog_key: Path | None = None
+    audit_syslog_retry_seconds: float = 5.0
+
     # DICOMweb
     public_base_url: str = Field(default="", description="e.g. https://pacs.example.org; default: from the request")
     dicomweb_default_limit: int = 1000
@@ -76,12 +102,17 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'telerad.db'}"
         if len(self.ae_title.strip()) == 0 or len(self.ae_title) > 16:
             raise ValueError("ae_title must be 1 to 16 characters (PS3.5 AE VR)")
-        # Secure defaults (ARCHITECTURE: refuse a non-loopback listener without TLS and authentication).
-        if not is_loopback(self.http_host):
+        # Secure defaults (ARCHITECTURE: refuse a non-loopback listener without TLS and authentication;
+        # every HTTP route but /healthz and the sign-in itself requires authentication).
+        if bool(self.http_tls_cert) != bool(self.http_tls_key):
+            raise ValueError("http_tls_cert and http_tls_key go together")
+        if not is_loopback(self.http_host) and not self.http_tls_cert:
             raise ValueError(
-                f"http_host {self.http_host!r} is not a loopback address: the HTTP API has no authentication "
-                "yet, so telerad only serves it on 127.0.0.1 / ::1 (put a TLS-terminating, authenticating proxy "
-                "in front of it)")
+                f"http_host {self.http_host!r} is not a loopback address: a listener reachable from the network "
+                "needs TLS (http_tls_cert, http_tls_key)")
+        from telerad.domain.access import parse_roles
+
+        parse_roles(self.mfa_required_roles)
         if not is_loopback(self.dicom_host) and not (
             self.dimse_tls_cert and self.dimse_tls_key and self.dimse_tls_ca
         ):
@@ -93,6 +124,15 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return self.home / "blobs"
+
+    @property
+    def audit_key_path(self) -> Path:
+        return self.audit_key_file or self.home / "audit.key"
+
+    @property
+    def https(self) -> bool:
+        """Whether clients reach telerad over HTTPS (cookies then carry the Secure flag)."""
+        return bool(self.http_tls_cert) or self.public_base_url.lower().startswith("https://")
 
     @classmethod
     def settings_customise_sources(

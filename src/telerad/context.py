@@ -1,4 +1,4 @@
-"""The process-wide container of what services need: settings, database and blob store."""
+"""The process-wide container of what services need: settings, database, blob store and audit log."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from telerad.config import Settings
 from telerad.db.migrate import upgrade
 from telerad.db.session import Database
+from telerad.security.audit import AuditLog, load_key
 from telerad.storage.filesystem import FileSystemStore
 
 
@@ -15,6 +16,7 @@ class Context:
     settings: Settings
     db: Database
     blobs: FileSystemStore
+    audit: AuditLog
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> Context:
@@ -22,7 +24,9 @@ class Context:
         db = Database(settings.database_url)
         if migrate:
             upgrade(db.engine)
-        return cls(settings=settings, db=db, blobs=FileSystemStore(settings.blob_dir))
+        audit = AuditLog(db, load_key(settings.audit_key_path, db))
+        return cls(settings=settings, db=db, blobs=FileSystemStore(settings.blob_dir), audit=audit)
 
     def close(self) -> None:
+        self.audit.close()
         self.db.dispose()

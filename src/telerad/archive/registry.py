@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from telerad.context import Context
 from telerad.db.models import Node, Site
+from telerad.security.audit import CLI_ACTOR, Action, Actor, Event
 
 __all__ = ["Site", "Node", "NodeInfo", "RegistryError"]
 
@@ -30,7 +31,13 @@ class NodeInfo:
     port: int
 
 
-def add_site(ctx: Context, code: str, name: str, accept_unregistered_loopback: bool = False) -> Site:
+def _audit(ctx: Context, actor: Actor, site: Site, **details: object) -> None:
+    ctx.audit.record(Event(Action.SITE_CHANGE, actor_type=actor.kind, actor=actor.name, source=actor.source,
+                           site_id=site.id, site_code=site.code, details=details), wait=True)
+
+
+def add_site(ctx: Context, code: str, name: str, accept_unregistered_loopback: bool = False,
+             actor: Actor = CLI_ACTOR) -> Site:
     if not _CODE.match(code):
         raise RegistryError("site code: 1-32 letters, digits, '-' or '_'")
     with ctx.db.session(write=True) as s:
@@ -43,7 +50,9 @@ def add_site(ctx: Context, code: str, name: str, accept_unregistered_loopback: b
         site = Site(code=code, name=name, accept_unregistered_loopback=accept_unregistered_loopback)
         s.add(site)
         s.flush()
-        return site
+    _audit(ctx, actor, site, change="site created", name=name,
+           accept_unregistered_loopback=accept_unregistered_loopback)
+    return site
 
 
 def get_site(ctx: Context, code: str) -> Site:
@@ -59,7 +68,10 @@ def list_sites(ctx: Context) -> list[Site]:
         return list(s.execute(select(Site).order_by(Site.code)).scalars())
 
 
-def add_node(ctx: Context, site_code: str, ae_title: str, host: str, port: int, description: str = "") -> Node:
+def add_node(ctx: Context, site_code: str, ae_title: str, host: str, port: int, description: str = "",
+             tls_fingerprint: str | None = None, actor: Actor = CLI_ACTOR) -> Node:
+    """Register a DICOM node; ``tls_fingerprint`` (SHA-256 of its client certificate, hex) binds the AE title to
+    that certificate: associations are then accepted only over mutual TLS with it."""
     ae_title = ae_title.strip()
     if not _AE.match(ae_title):
         raise RegistryError("AE title: 1-16 printable characters, no backslash (PS3.5 AE)")
@@ -69,10 +81,13 @@ def add_node(ctx: Context, site_code: str, ae_title: str, host: str, port: int, 
     with ctx.db.session(write=True) as s:
         if s.execute(select(Node).where(Node.ae_title == ae_title)).scalar_one_or_none() is not None:
             raise RegistryError(f"AE title {ae_title} is already registered")
-        node = Node(site_id=site.id, ae_title=ae_title, host=host, port=port, description=description)
+        node = Node(site_id=site.id, ae_title=ae_title, host=host, port=port, description=description,
+                    tls_fingerprint=tls_fingerprint)
         s.add(node)
         s.flush()
-        return node
+    _audit(ctx, actor, site, change="node registered", ae_title=ae_title, host=host, port=port,
+           tls_bound=bool(tls_fingerprint))
+    return node
 
 
 def list_nodes(ctx: Context, site_code: str | None = None) -> list[NodeInfo]:

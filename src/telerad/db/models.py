@@ -53,6 +53,9 @@ class Node(Base):
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(String(200), default="")
+    # SHA-256 (hex) of the node's TLS client certificate (DER): when set, an association with this calling AE
+    # title is accepted only over TLS with exactly that certificate (mutual TLS bound to the node).
+    tls_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     site: Mapped[Site] = relationship(back_populates="nodes")
 
@@ -154,3 +157,140 @@ class StoreConflict(Base):
     source: Mapped[str] = mapped_column(String(64), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
 
+
+
+# --- Identity, access control and audit (security/) -------------------------------------------------------
+
+
+class User(Base):
+    """A person (or an integration's service account) who signs in or owns API tokens."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    full_name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)  # argon2id; None: no password
+    roles: Mapped[str] = mapped_column(String(200), default="")  # space-separated Role values
+    totp_secret: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    totp_confirmed: Mapped[bool] = mapped_column(Boolean, default=False)
+    totp_last_step: Mapped[int] = mapped_column(BigInteger, default=0)  # replay protection (RFC 6238 5.2)
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, server_default=func.now())
+
+
+class Membership(Base):
+    """A user works for (site staff) or is credentialed at (radiologist) a site."""
+
+    __tablename__ = "memberships"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True)
+
+
+class ApiToken(Base):
+    """A bearer token for integrations and scripts: shown once, stored as a SHA-256 of its secret part."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(16), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), nullable=True)
+    roles: Mapped[str] = mapped_column(String(200), default="")
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class UserSession(Base):
+    """A browser session: the cookie carries a random id, the table only its SHA-256."""
+
+    __tablename__ = "user_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    mfa_ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class LoginAttempt(Base):
+    """Every password check, for throttling by account and by source address."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (Index("ix_login_attempts_user_at", "username", "at"), Index("ix_login_attempts_src_at",
+                                                                                   "source", "at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(64), default="")
+    at: Mapped[datetime] = mapped_column(DateTime)
+    ok: Mapped[bool] = mapped_column(Boolean)
+
+
+class BreakGlass(Base):
+    """Emergency access of an admin to one site's PHI, with the stated reason, for a limited time."""
+
+    __tablename__ = "break_glass"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AuditEvent(Base):
+    """One audit record (IHE ATNA): who did what to which patient's data, from where, with what outcome.
+
+    Records are append-only and chained: ``mac`` is an HMAC-SHA256, under a key kept outside the database,
+    over the previous record's ``mac`` and this record's canonical content, so a changed, removed, inserted or
+    reordered record breaks the chain (``telerad audit verify``).
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_site_at", "site_id", "at"), Index("ix_audit_patient", "patient_id"),
+                      Index("ix_audit_actor", "actor"))
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=False)
+    at: Mapped[str] = mapped_column(String(32))  # ISO 8601 UTC with microseconds, hashed as written
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    outcome: Mapped[int] = mapped_column(Integer)  # PS3.15 A.5.1 EventOutcomeIndicator: 0, 4, 8, 12
+    actor_type: Mapped[str] = mapped_column(String(16))  # user | token | node | system
+    actor: Mapped[str] = mapped_column(String(128))
+    source: Mapped[str] = mapped_column(String(128), default="")
+    site_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    site_code: Mapped[str] = mapped_column(String(32), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    details: Mapped[str] = mapped_column(Text, default="{}")  # canonical JSON
+    prev_mac: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's newest record (one row), so removing the newest records is detected too."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    mac: Mapped[str] = mapped_column(String(64), default="")
+
+
+class AuditExportCursor(Base):
+    """Store-and-forward position of an audit export (syslog collector): last record delivered."""
+
+    __tablename__ = "audit_export"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)

@@ -29,9 +29,11 @@ from pydicom.datadict import tag_for_keyword
 
 from telerad.adapters.dicomweb import media
 from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, header_safe, service_root, valid_path_uids
+from telerad.adapters.http.audit import audited
 from telerad.archive.parse import BASE_PLACEHOLDER
 from telerad.archive.query import QueryError, search, supported_keys
 from telerad.archive.retrieve import instance_url
+from telerad.security.audit import Action
 
 router = APIRouter(dependencies=[Depends(valid_path_uids)])
 
@@ -162,32 +164,38 @@ def _uid(row: dict[str, Any], tag: str) -> str:
 
 
 @router.get("/studies", summary="Search for studies (PS3.18 10.6)")
+@audited(Action.QUERY)
 def search_studies(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _search(request, ctx, site, "STUDY", STUDY_DEFAULT, {})
 
 
 @router.get("/series", summary="Search for series, all studies")
+@audited(Action.QUERY)
 def search_all_series(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _search(request, ctx, site, "SERIES", SERIES_DEFAULT | STUDY_DEFAULT, {})
 
 
 @router.get("/studies/{study}/series", summary="Search for a study's series")
+@audited(Action.QUERY)
 def search_study_series(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _search(request, ctx, site, "SERIES", SERIES_DEFAULT | {STUDY_UID}, {STUDY_UID: study})
 
 
 @router.get("/instances", summary="Search for instances, all studies")
+@audited(Action.QUERY)
 def search_all_instances(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _search(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | SERIES_DEFAULT | STUDY_DEFAULT, {})
 
 
 @router.get("/studies/{study}/instances", summary="Search for a study's instances")
+@audited(Action.QUERY)
 def search_study_instances(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _search(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | SERIES_DEFAULT | {STUDY_UID},
                    {STUDY_UID: study})
 
 
 @router.get("/studies/{study}/series/{series}/instances", summary="Search for a series' instances")
+@audited(Action.QUERY)
 def search_series_instances(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _search(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | {STUDY_UID, SERIES_UID},
                    {STUDY_UID: study, SERIES_UID: series})

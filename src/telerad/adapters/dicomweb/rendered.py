@@ -15,11 +15,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from telerad.adapters.dicomweb import media
 from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, valid_path_uids
 from telerad.adapters.dicomweb.wado import get_instance
+from telerad.adapters.http.audit import audited
 from telerad.archive import render as rendering
 from telerad.archive import retrieve
 from telerad.archive.render import RenderError, RenderOptions, Viewport, Window
 from telerad.archive.retrieve import NotFound, StoredInstance
 from telerad.context import Context
+from telerad.security.audit import Action
 
 router = APIRouter(dependencies=[Depends(valid_path_uids)])
 OFFERED = [rendering.JPEG, rendering.PNG]
@@ -99,6 +101,7 @@ _INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 
 
 @router.get(_INSTANCE + "/rendered", summary="Rendered instance (PS3.18 Table 10.4.1-3)")
+@audited(Action.RETRIEVE)
 def rendered_instance(study: str, series: str, instance: str, request: Request, ctx: CtxDep,
                       site: SiteDep) -> Response:
     opts = options(request)
@@ -106,6 +109,7 @@ def rendered_instance(study: str, series: str, instance: str, request: Request, 
 
 
 @router.get(_INSTANCE + "/frames/{frame}/rendered", summary="Rendered frame")
+@audited(Action.RETRIEVE)
 def rendered_frame(study: str, series: str, instance: str, frame: str, request: Request, ctx: CtxDep,
                    site: SiteDep) -> Response:
     n, opts = _single_frame(frame), options(request)
@@ -113,6 +117,7 @@ def rendered_frame(study: str, series: str, instance: str, frame: str, request: 
 
 
 @router.get(_INSTANCE + "/thumbnail", summary="Instance thumbnail")
+@audited(Action.RETRIEVE)
 def thumbnail_instance(study: str, series: str, instance: str, request: Request, ctx: CtxDep,
                        site: SiteDep) -> Response:
     opts = options(request, thumbnail=True)
@@ -120,6 +125,7 @@ def thumbnail_instance(study: str, series: str, instance: str, request: Request,
 
 
 @router.get(_INSTANCE + "/frames/{frame}/thumbnail", summary="Frame thumbnail")
+@audited(Action.RETRIEVE)
 def thumbnail_frame(study: str, series: str, instance: str, frame: str, request: Request, ctx: CtxDep,
                     site: SiteDep) -> Response:
     n, opts = _single_frame(frame), options(request, thumbnail=True)
@@ -138,12 +144,14 @@ def _representative(ctx: Context, site_id: int, study: str, series: str | None) 
 
 
 @router.get("/studies/{study}/thumbnail", summary="Study thumbnail")
+@audited(Action.RETRIEVE)
 def thumbnail_study(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     opts = options(request, thumbnail=True)
     return render_response(ctx, _representative(ctx, site.id, study, None), 1, opts)
 
 
 @router.get("/studies/{study}/series/{series}/thumbnail", summary="Series thumbnail")
+@audited(Action.RETRIEVE)
 def thumbnail_series(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     opts = options(request, thumbnail=True)
     return render_response(ctx, _representative(ctx, site.id, study, series), 1, opts)

@@ -26,11 +26,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from telerad.adapters.dicomweb import media, multipart
-from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, SiteScope, service_root, valid_path_uids
+from telerad.adapters.dicomweb.deps import CtxDep, SiteScope, StoreDep, service_root, valid_path_uids
+from telerad.adapters.http.audit import audited
 from telerad.archive.errors import CANNOT_UNDERSTAND, DATASET_MISMATCH
 from telerad.archive.ingest import Outcome, StoreResult, store
 from telerad.archive.retrieve import instance_url
 from telerad.context import Context
+from telerad.security.audit import Action
 
 router = APIRouter(dependencies=[Depends(valid_path_uids)])
 DICOM = "application/dicom"
@@ -96,7 +98,7 @@ def _identify(raw: bytes) -> tuple[str, str, str]:
 
 
 def _ingest(ctx: Context, site: SiteScope, spool: IO[bytes], size: int, boundary: str | None,
-            study: str | None, root: str, media_type: str) -> Response:
+            study: str | None, root: str, media_type: str, audit_studies: dict[str, int]) -> Response:
     if boundary is None:
         spans = [multipart.PartSpan({}, 0, size)]
     else:
@@ -126,6 +128,8 @@ def _ingest(ctx: Context, site: SiteScope, spool: IO[bytes], size: int, boundary
             _, sop_class, sop_uid = _identify(raw)  # rejected before ingest read the UIDs: report them
             result = replace(result, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
         (stored if result.ok else failed).append(result)
+        if result.ok:
+            audit_studies[result.study_uid] = audit_studies.get(result.study_uid, 0) + 1
     return _response(stored, failed, study, root, media_type)
 
 
@@ -157,18 +161,22 @@ async def _store(request: Request, ctx: Context, site: SiteScope, study: str | N
     chosen = media.require(media.parse_accept(request.headers.get("accept")), media.DICOM_JSON)
     boundary = _content_type(request)
     spool, size = await _spool(request, ctx)
+    audit_studies: dict[str, int] = {}
+    request.state.audit_studies = audit_studies  # read by the audit middleware: one record per study
     try:
         return await run_in_threadpool(_ingest, ctx, site, spool, size, boundary, study,
-                                       service_root(request), chosen)
+                                       service_root(request), chosen, audit_studies)
     finally:
         spool.close()
 
 
 @router.post("/studies", summary="Store instances (PS3.18 10.5)")
-async def store_instances(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+@audited(Action.STORE)
+async def store_instances(request: Request, ctx: CtxDep, site: StoreDep) -> Response:
     return await _store(request, ctx, site, None)
 
 
 @router.post("/studies/{study}", summary="Store instances of one study")
-async def store_study_instances(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+@audited(Action.STORE)
+async def store_study_instances(study: str, request: Request, ctx: CtxDep, site: StoreDep) -> Response:
     return await _store(request, ctx, site, study)

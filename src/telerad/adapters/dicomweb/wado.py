@@ -21,10 +21,12 @@ from fastapi.responses import StreamingResponse
 
 from telerad.adapters.dicomweb import media, multipart
 from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root, valid_path_uids
+from telerad.adapters.http.audit import audited
 from telerad.archive import retrieve
 from telerad.archive.parse import parse_bulk_path
 from telerad.archive.retrieve import FrameError, NotFound, PixelPayload, StoredInstance
 from telerad.context import Context
+from telerad.security.audit import Action
 
 router = APIRouter(dependencies=[Depends(valid_path_uids)])
 DICOM = "application/dicom"
@@ -66,16 +68,19 @@ def _stream_instances(request: Request, instances: list[StoredInstance], ctx: Co
 
 
 @router.get("/studies/{study}", summary="Retrieve a study (PS3.18 Table 10.4.1-1)")
+@audited(Action.RETRIEVE)
 def retrieve_study(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _stream_instances(request, _instances(ctx, site.id, study), ctx, False)
 
 
 @router.get("/studies/{study}/series/{series}", summary="Retrieve a series")
+@audited(Action.RETRIEVE)
 def retrieve_series(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _stream_instances(request, _instances(ctx, site.id, study, series), ctx, False)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}", summary="Retrieve an instance")
+@audited(Action.RETRIEVE)
 def retrieve_instance(study: str, series: str, instance: str, request: Request, ctx: CtxDep,
                       site: SiteDep) -> Response:
     return _stream_instances(request, _instances(ctx, site.id, study, series, instance), ctx, True)
@@ -92,16 +97,19 @@ def _metadata(request: Request, ctx: Context, site_id: int, study: str, series: 
 
 
 @router.get("/studies/{study}/metadata", summary="Retrieve study metadata (PS3.18 Table 10.4.1-2)")
+@audited(Action.RETRIEVE)
 def study_metadata(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _metadata(request, ctx, site.id, study)
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="Retrieve series metadata")
+@audited(Action.RETRIEVE)
 def series_metadata(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
     return _metadata(request, ctx, site.id, study, series)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata", summary="Retrieve instance metadata")
+@audited(Action.RETRIEVE)
 def instance_metadata(study: str, series: str, instance: str, request: Request, ctx: CtxDep,
                       site: SiteDep) -> Response:
     return _metadata(request, ctx, site.id, study, series, instance)
@@ -138,6 +146,7 @@ def payload_response(request: Request, payload: PixelPayload) -> Response:
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}",
             summary="Retrieve frames (PS3.18 10.4.1.1.6)")
+@audited(Action.RETRIEVE)
 def retrieve_frames(study: str, series: str, instance: str, frame_list: str, request: Request, ctx: CtxDep,
                     site: SiteDep) -> Response:
     try:
@@ -154,6 +163,7 @@ def retrieve_frames(study: str, series: str, instance: str, frame_list: str, req
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}",
             summary="Retrieve bulk data (PS3.18 10.4.1.1.5), the target of the BulkDataURIs in metadata")
+@audited(Action.RETRIEVE)
 def retrieve_bulk(study: str, series: str, instance: str, tag: str, request: Request, ctx: CtxDep,
                   site: SiteDep) -> Response:
     try:

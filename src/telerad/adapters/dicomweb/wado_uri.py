@@ -21,9 +21,11 @@ from telerad.adapters.dicomweb.deps import CtxDep, SiteUriDep, check_uid
 from telerad.adapters.dicomweb.media import type_matches
 from telerad.adapters.dicomweb.rendered import parse_window, render_response
 from telerad.adapters.dicomweb.wado import get_instance
+from telerad.adapters.http.audit import audited
 from telerad.archive import render as rendering
 from telerad.archive import retrieve
 from telerad.archive.render import RenderOptions, Viewport
+from telerad.security.audit import Action
 
 router = APIRouter()
 DICOM = "application/dicom"
@@ -62,6 +64,7 @@ def _int(request: Request, name: str, low: int, high: int) -> int | None:
 
 
 @router.get("", summary="WADO-URI retrieve (PS3.18 9)")
+@audited(Action.RETRIEVE)
 def wado(request: Request, ctx: CtxDep, site: SiteUriDep) -> Response:
     q = request.query_params
     if q.get("requestType") != "WADO":

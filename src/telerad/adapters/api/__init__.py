@@ -1,0 +1,1 @@
+"""The JSON API under ``/api``: sign-in and sessions, users, tokens, the audit trail."""

@@ -1,0 +1,1 @@
+"""Identity, access control and the audit trail (HIPAA 164.312 (a), (b), (d); IHE ATNA)."""
