@@ -3,7 +3,8 @@
 A token reads ``trd_<public id>_<secret>``. It is shown once, at creation; the database keeps the public id
 and the SHA-256 of the secret (the secret has 256 bits of entropy, so a fast hash suffices, and checking it
 costs microseconds per request). A token acts for its owner, narrowed to one site and to a subset of the
-owner's roles; it expires (audit records name the owner as actor, actor type ``token``, and the token id) (at most ``token_max_days``) and can be revoked.
+owner's roles; it expires (at most ``token_max_days``) and can be revoked. Audit records name the owner
+as actor, with actor type ``token`` and the token id.
 """
 
 from __future__ import annotations
