@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 import pydicom.data
 import pytest
+from auth_support import add_user, login
 from fastapi.testclient import TestClient
 
 from telerad.adapters.dimse.server import start_dimse
@@ -63,7 +64,9 @@ def servers(ctx):
     registry.add_node(ctx, "GH", AE, "127.0.0.1", 104)
     dimse = start_dimse(ctx)
     try:
-        with TestClient(create_app(ctx), headers={"X-Telerad-Site": "GH"}) as client:
+        add_user(ctx, "robust", ["site_staff"], ["GH"])
+        with TestClient(create_app(ctx)) as client:
+            login(client, "robust")
             yield site, client
     finally:
         dimse.shutdown()

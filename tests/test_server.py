@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from auth_support import add_user, bearer
 from pydicom.uid import generate_uid
 
 from telerad.archive.demo import ct_series
@@ -58,6 +59,8 @@ def test_serve_dimse_and_http_then_restart(settings, ctx, tmp_path):
 
     registry.add_site(ctx, "GH", "General Hospital")
     registry.add_node(ctx, "GH", "GH_CT", "127.0.0.1", 11113)
+    add_user(ctx, "ris", ["site_staff"], ["GH"])
+    auth = bearer(ctx, "ris", "GH")
     files = []
     for i, data in enumerate(ct_series(("Serve^Test", "SRV1", "19700101", "F"), generate_uid(), "ACC9", 3, 32)):
         files.append(tmp_path / f"{i}.dcm")
@@ -70,13 +73,13 @@ def test_serve_dimse_and_http_then_restart(settings, ctx, tmp_path):
         assert echo.returncode == 0, echo.stderr
         sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, *map(str, files))
         assert sent.returncode == 0, sent.stderr
-        r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "SRV1"}, headers={"X-Telerad-Site": "GH"})
+        r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "SRV1"}, headers=auth)
         assert r.status_code == 200 and r.json()[0]["00201208"]["Value"] == [3]
     finally:
         stop(proc)
     proc = start(settings, log)
     try:
-        r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "SRV1"}, headers={"X-Telerad-Site": "GH"})
+        r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "SRV1"}, headers=auth)
         assert r.status_code == 200 and len(r.json()) == 1, log.read_text()[-3000:]
     finally:
         stop(proc)

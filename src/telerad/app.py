@@ -38,7 +38,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(admin.router, prefix="/api", tags=["admin"])
     app.include_router(audit_api.router, prefix="/api", tags=["audit"])
     app.add_middleware(AuditMiddleware, ctx=ctx)
-    app.add_middleware(SecurityHeadersMiddleware, https=ctx.settings.https)
+    app.add_middleware(SecurityHeadersMiddleware, settings=ctx.settings)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

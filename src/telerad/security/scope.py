@@ -106,7 +106,7 @@ def site_codes(db: Database, site_ids: frozenset[int]) -> dict[int, str]:
     if not site_ids:
         return {}
     with db.session() as s:
-        return dict(s.execute(select(Site.id, Site.code).where(Site.id.in_(site_ids))).tuples().all())
+        return dict(s.execute(select(Site.id, Site.code).where(Site.id.in_(site_ids))).all())
 
 
 def resolve_site(db: Database, principal: Principal | None, permission: Permission, code: str | None,

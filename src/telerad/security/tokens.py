@@ -100,7 +100,7 @@ def list_tokens(ctx: Context, username: str | None = None) -> list[TokenInfo]:
         q = q.where(User.username == username)
     with ctx.db.session() as s:
         return [TokenInfo(t.public_id, u, t.name, code or "", tuple(t.roles.split()), t.created_at, t.expires_at,
-                          t.last_used_at, t.revoked_at is not None) for t, u, code in s.execute(q).tuples()]
+                          t.last_used_at, t.revoked_at is not None) for t, u, code in s.execute(q).all()]
 
 
 def revoke_token(ctx: Context, public_id: str, actor: Actor = CLI_ACTOR, owner: str | None = None) -> None:

@@ -51,7 +51,7 @@ def _audit(ctx: Context, actor: Actor, what: str, username: str, **details: obje
 
 
 def _site_ids(s, codes: list[str]) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    found = dict(s.execute(select(Site.code, Site.id).where(Site.code.in_(codes))).tuples().all())
+    found = dict(s.execute(select(Site.code, Site.id).where(Site.code.in_(codes))).all())
     missing = sorted(set(codes) - set(found))
     if missing:
         raise UserError(f"no such site: {', '.join(missing)}")

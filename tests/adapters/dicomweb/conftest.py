@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from auth_support import add_user, login
 from dicomweb_support import SITE, Stored, put, read, sample_file
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
@@ -17,7 +18,10 @@ from telerad.context import Context
 
 @pytest.fixture
 def client(ctx: Context, site: registry.Site, other_site: registry.Site) -> Iterator[TestClient]:
+    """Signed in as site staff of both GH and RC; ``X-Telerad-Site`` (default GH) picks the site."""
+    add_user(ctx, "tester", ["site_staff"], ["GH", "RC"])
     with TestClient(create_app(ctx), headers=SITE) as c:
+        login(c, "tester")
         yield c
 
 

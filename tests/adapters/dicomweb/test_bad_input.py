@@ -4,6 +4,7 @@ headers)."""
 from __future__ import annotations
 
 import pytest
+from auth_support import add_user, login
 from dicomweb_support import SITE
 from fastapi.testclient import TestClient
 
@@ -14,7 +15,9 @@ BAD_UIDS = ["1.2%003", "abc", "1..2", "1.2.", "%C3%A9", "1" * 65, "1.2%0d%0a3", 
 
 @pytest.fixture
 def raw_client(ctx, site, other_site):
+    add_user(ctx, "tester", ["site_staff"], ["GH", "RC"])
     with TestClient(create_app(ctx), headers=SITE, raise_server_exceptions=False) as c:
+        login(c, "tester")
         yield c
 
 

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 import requests
 import uvicorn
+from auth_support import add_user, bearer
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_support import boundary_of, mr_like, read, sample_file, split_multipart, zero_preamble
 from PIL import Image
@@ -39,6 +40,13 @@ def server(ctx: Context, site, other_site) -> Iterator[str]:
     thread.join(10)
 
 
+@pytest.fixture
+def auth(ctx: Context, site, other_site) -> dict[str, dict[str, str]]:
+    """Bearer tokens of one integration user, one per site (a token is bound to one site)."""
+    add_user(ctx, "integration", ["site_staff"], ["GH", "RC"])
+    return {code: bearer(ctx, "integration", code) for code in ("GH", "RC")}
+
+
 def _sent(ds: pydicom.Dataset) -> bytes:
     """The bytes dicomweb-client puts on the wire for ``ds`` (it encodes with pydicom.dcmwrite)."""
     buf = io.BytesIO()
@@ -46,8 +54,8 @@ def _sent(ds: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
-def test_dicomweb_client_round_trip(server):
-    web = DICOMwebClient(f"{server}/dicom-web", headers={"X-Telerad-Site": "GH"})
+def test_dicomweb_client_round_trip(server, auth):
+    web = DICOMwebClient(f"{server}/dicom-web", headers=auth["GH"])
     study = generate_uid()
     ct = [read(b) for b in ct_series(("Live^Test", "LIVE1", "19600101", "O"), study, "LV1", slices=2, size=32)]
     files = {name: read(sample_file(name)) for name in ("SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm",
@@ -81,7 +89,7 @@ def test_dicomweb_client_round_trip(server):
         assert got == ds
         url = f"{server}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/" \
               f"{ds.SOPInstanceUID}"
-        raw = requests.get(url, headers={"X-Telerad-Site": "GH"}, timeout=30)
+        raw = requests.get(url, headers=auth["GH"], timeout=30)
         (_, content), = split_multipart(raw.headers["content-type"], raw.content)
         assert content == zero_preamble(wire[ds.SOPInstanceUID])
 
@@ -90,7 +98,7 @@ def test_dicomweb_client_round_trip(server):
     assert sorted(m["00080018"]["Value"][0] for m in meta) == sorted(d.SOPInstanceUID for d in ct)
     # dicomweb-client sends "Host: 127.0.0.1" without the port (RFC 9110 7.2 wants it), so URLs built from
     # its requests lack the port; a client sending a proper Host header gets URLs that work as they are.
-    proper = requests.get(f"{server}/dicom-web/studies/{study}/metadata", headers={"X-Telerad-Site": "GH"},
+    proper = requests.get(f"{server}/dicom-web/studies/{study}/metadata", headers=auth["GH"],
                           timeout=30).json()
     assert all(m["7FE00010"]["BulkDataURI"].startswith(f"{server}/dicom-web/studies/{study}/") for m in proper)
     pixels = web.retrieve_bulkdata(proper[0]["7FE00010"]["BulkDataURI"])
@@ -124,9 +132,9 @@ def test_dicomweb_client_round_trip(server):
     assert Image.open(io.BytesIO(jpg)).mode == "RGB"
 
 
-def test_other_site_and_errors_over_http(server):
-    gh = DICOMwebClient(f"{server}/dicom-web", headers={"X-Telerad-Site": "GH"})
-    rc = DICOMwebClient(f"{server}/dicom-web", headers={"X-Telerad-Site": "RC"})
+def test_other_site_and_errors_over_http(server, auth):
+    gh = DICOMwebClient(f"{server}/dicom-web", headers=auth["GH"])
+    rc = DICOMwebClient(f"{server}/dicom-web", headers=auth["RC"])
     ds = read(mr_like(frames=2, size=32))
     wire = _sent(ds)
     gh.store_instances([ds])
@@ -138,7 +146,7 @@ def test_other_site_and_errors_over_http(server):
         gh.retrieve_instance_frames(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, [3])
     assert err.value.response.status_code == 404
     # A streamed multi-instance response over a real socket: chunked parts, all of them complete.
-    r = requests.get(f"{server}/dicom-web/studies/{ds.StudyInstanceUID}", headers={"X-Telerad-Site": "GH"},
+    r = requests.get(f"{server}/dicom-web/studies/{ds.StudyInstanceUID}", headers=auth["GH"],
                      stream=True, timeout=30)
     body = b"".join(r.iter_content(65536))
     assert boundary_of(r.headers["content-type"]) and split_multipart(r.headers["content-type"], body)[0][1] \

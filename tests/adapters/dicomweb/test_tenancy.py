@@ -1,5 +1,5 @@
-"""Tenancy: the site is resolved once per request from X-Telerad-Site; another site's UIDs are 404 on every
-endpoint, exactly like UIDs that exist nowhere (no existence leak)."""
+"""Tenancy: the site is resolved once per request from the caller's memberships and X-Telerad-Site; another
+site's UIDs are 404 on every endpoint, exactly like UIDs that exist nowhere (no existence leak)."""
 
 from __future__ import annotations
 
@@ -105,14 +105,22 @@ def test_store_is_scoped_to_the_site(client, ct):
     assert len(client.get(f"/dicom-web/studies/{ct[0].study}/instances", headers=OTHER).json()) == 1
 
 
-def test_site_resolved_once_per_request(client, ct, monkeypatch):
-    calls = []
-    real = deps._resolve
+def test_caller_and_site_resolved_once_per_request(client, ct, monkeypatch):
+    from telerad.adapters.http import auth
 
-    def counting(*args, **kwargs):
-        calls.append(args[1])
-        return real(*args, **kwargs)
+    sites, callers = [], []
+    real_resolve, real_auth = auth.resolve_site, auth._authenticate
 
-    monkeypatch.setattr(deps, "_resolve", counting)
+    def counting_resolve(db, principal, perm, code, known=None):
+        sites.append(code)
+        return real_resolve(db, principal, perm, code, known)
+
+    def counting_auth(ctx, request):
+        callers.append(request.url.path)
+        return real_auth(ctx, request)
+
+    monkeypatch.setattr(auth, "resolve_site", counting_resolve)
+    monkeypatch.setattr(auth, "_authenticate", counting_auth)
     assert client.get(ct[0].path + "/rendered").status_code == 200
-    assert calls == ["GH"]
+    assert sites == ["GH"]
+    assert callers == [ct[0].path + "/rendered"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -16,7 +16,7 @@ from telerad.adapters.http.auth import CSRF_HEADER, PrincipalDep, client_address
 from telerad.context import Context
 from telerad.domain.access import Permission
 from telerad.security import auth, users
-from telerad.security.scope import AccessError, Forbidden, site_codes
+from telerad.security.scope import Forbidden, site_codes
 
 router = APIRouter()
 
@@ -99,9 +99,9 @@ async def totp_confirm(body: TotpCode, request: Request, principal: PrincipalDep
     try:
         ok = await run_in_threadpool(users.confirm_totp, ctx, _username(principal), body.code, actor)
     except users.UserError as exc:
-        raise AccessError(str(exc)) from None
+        raise HTTPException(400, str(exc)) from None
     if not ok:
-        raise AccessError("wrong code: check the authenticator app's clock and try the next code")
+        raise HTTPException(400, "wrong code: check the authenticator app's clock and try the next code")
     if principal.session_id is not None:
         await run_in_threadpool(auth.mark_mfa_done, ctx, principal.session_id)
     return {"status": "TOTP enrolled"}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from telerad.config import Settings
+
 API_BODY_LIMIT = 1024 * 1024  # JSON API requests are small; STOW-RS has its own cap (max_object_bytes)
 
 _BASE = [
@@ -21,22 +23,23 @@ _HSTS = (b"strict-transport-security", b"max-age=31536000")
 
 
 class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, https: bool) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.headers = _BASE + ([_HSTS] if https else [])
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = _BASE + [_HSTS] if self.settings.https else _BASE
         if scope.get("path", "").startswith("/api/") and _declared_length(scope) > API_BODY_LIMIT:
-            await _too_large(send, self.headers)
+            await _too_large(send, headers)
             return
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(n, v) for n, v in self.headers if n not in present]
+                extra = [(n, v) for n, v in headers if n not in present]
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)
 
