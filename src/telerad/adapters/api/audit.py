@@ -16,7 +16,7 @@ from telerad.context import Context
 from telerad.domain.access import Permission
 from telerad.security import audit
 from telerad.security.audit import Action, Event
-from telerad.security.scope import Forbidden, Principal, site_codes
+from telerad.security.scope import Principal, site_codes
 
 router = APIRouter()
 AuditReader = Annotated[Principal, Depends(permission(Permission.AUDIT_READ))]
@@ -60,8 +60,6 @@ async def search_audit(
 
 
 def _verify(ctx: Context, principal: Principal, source: str) -> dict[str, Any]:
-    if not principal.has(Permission.USERS_MANAGE):
-        raise Forbidden("verifying the whole chain is for admins")
     ctx.audit.flush()
     report = audit.verify(ctx.db, ctx.audit.key)
     ctx.audit.record(Event(Action.AUDIT_ACCESS, actor_type=principal.kind, actor=principal.name, source=source,
@@ -69,7 +67,7 @@ def _verify(ctx: Context, principal: Principal, source: str) -> dict[str, Any]:
     return {"ok": report.ok, "checked": report.checked, "problems": report.problems}
 
 
-@router.get("/audit/verify", summary="Verify the hash chain of the whole audit trail (admins)")
+@router.get("/audit/verify", summary="Verify the hash chain of the whole audit trail (no patient data shown)")
 async def verify_audit(request: Request, principal: AuditReader) -> dict[str, Any]:
     ctx: Context = request.app.state.ctx
     return await run_in_threadpool(_verify, ctx, principal, client_address(request))

@@ -6,17 +6,17 @@ a CORS preflight, which telerad never grants, so sign-in itself cannot be forged
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from telerad.adapters.http.auth import CSRF_HEADER, PrincipalDep, client_address, cookie_name
+from telerad.adapters.http.auth import CSRF_HEADER, PrincipalDep, client_address, cookie_name, permission
 from telerad.context import Context
 from telerad.domain.access import Permission
 from telerad.security import auth, users
-from telerad.security.scope import Forbidden, site_codes
+from telerad.security.scope import Forbidden, Principal, site_codes
 
 router = APIRouter()
 
@@ -108,9 +108,8 @@ async def totp_confirm(body: TotpCode, request: Request, principal: PrincipalDep
 
 
 @router.post("/break-glass", summary="Emergency access to a site's images (admins; reason required; audited)")
-async def break_glass(body: BreakGlassRequest, request: Request, principal: PrincipalDep) -> dict[str, str]:
-    if not principal.has(Permission.BREAK_GLASS):
-        raise Forbidden("break-glass is for admins")
+async def break_glass(body: BreakGlassRequest, request: Request,
+                      principal: Annotated[Principal, Depends(permission(Permission.BREAK_GLASS))]) -> dict[str, str]:
     until = await run_in_threadpool(auth.break_glass, _ctx(request), principal, body.site, body.reason)
     return {"site": body.site, "until": until.isoformat() + "Z",
             "warning": "emergency access is recorded and reported as a security alert"}
