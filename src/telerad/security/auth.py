@@ -28,7 +28,7 @@ from telerad.db.models import BreakGlass, LoginAttempt, Membership, Site, User, 
 from telerad.domain.access import Permission, Role, parse_roles
 from telerad.security.audit import MINOR_FAILURE, SERIOUS_FAILURE, Action, Event
 from telerad.security.passwords import hash_password, needs_rehash, verify_password
-from telerad.security.scope import AccessError, Forbidden, NotFound, Principal, Unauthenticated
+from telerad.security.scope import AccessError, Forbidden, InvalidRequest, NotFound, Principal, Unauthenticated
 
 
 class LoginFailed(AccessError):
@@ -211,7 +211,7 @@ def break_glass(ctx: Context, principal: Principal, site_code: str, reason: str)
         raise Forbidden("break-glass is for admins")
     reason = (reason or "").strip()
     if len(reason) < 10:
-        raise AccessError("state the reason for emergency access (at least 10 characters)")
+        raise InvalidRequest("state the reason for emergency access (at least 10 characters)")
     with ctx.db.session(write=True) as s:
         site_id = s.execute(select(Site.id).where(Site.code == site_code)).scalar_one_or_none()
         if site_id is None:

@@ -40,8 +40,12 @@ class NotFound(AccessError):
     status = 404
 
 
-class SiteRequired(AccessError):
+class InvalidRequest(AccessError):
     status = 400
+
+
+class SiteRequired(InvalidRequest):
+    pass
 
 
 @dataclass(frozen=True)
