@@ -184,10 +184,15 @@ def telerad_prepare(workdir: Path) -> tuple[Path, dict[str, str], int, int]:
     home = workdir / "home"
     http_port, dicom_port = free_port(), free_port()
     env = telerad_env(home, http_port, dicom_port)
-    for args in (["init"], ["site", "add", "--code", SITE, "--name", "Bench", "--accept-unregistered-loopback"]):
+    for args in (["init"], ["site", "add", "--code", SITE, "--name", "Bench", "--accept-unregistered-loopback"],
+                 ["user", "add", "--username", "bench", "--role", "site_staff", "--site", SITE, "--no-password"]):
         r = subprocess.run(telerad_cmd() + args, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"telerad {' '.join(args)} failed: {r.stdout}{r.stderr}")
+    # DICOMweb needs credentials: a bearer token of a site_staff user (``token create`` prints only the token).
+    r = subprocess.run(telerad_cmd() + ["token", "create", "--user", "bench", "--site", SITE], env=env,
+                       capture_output=True, text=True, check=True)
+    (home / "bench-token").write_text(r.stdout.strip())
     return home, env, http_port, dicom_port
 
 
@@ -208,7 +213,8 @@ def _spawn_telerad(workdir: Path, env: dict[str, str], http_port: int, dicom_por
     proc = subprocess.Popen(telerad_cmd() + ["serve"], stdout=log.open("ab"), stderr=subprocess.STDOUT,
                             env=env, cwd=workdir)
     srv = Server("telerad", "TELERAD", http_port, dicom_port, workdir,
-                 headers={"X-Telerad-Site": SITE}, proc=proc, log_path=log)
+                 headers={"Authorization": "Bearer " + (workdir / "home" / "bench-token").read_text().strip()},
+                 proc=proc, log_path=log)
     try:
         wait_tcp(dicom_port, 60, proc)
         _wait_http(f"{srv.dicomweb}/studies?limit=1", srv.headers, 60, proc)

@@ -74,7 +74,24 @@ def test_import_pydicom_test_files_never_crashes(settings, tmp_path: Path):
     assert "Traceback" not in p.stderr
 
 
-def test_demo_loads_once(settings):
+def test_demo_loads_once_with_a_demo_user(settings):
     first = run(settings, "demo")
-    assert "instances stored" in first.stdout
-    assert "not loaded again" in run(settings, "demo").stdout
+    assert "instances stored" in first.stdout and "demo user 'demo'" in first.stdout
+    again = run(settings, "demo")
+    assert "not loaded again" in again.stdout and "demo user" not in again.stdout
+    token_file = settings.home / "demo-token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    from fastapi.testclient import TestClient
+
+    from telerad.app import create_app
+    from telerad.context import Context
+
+    ctx = Context.open(settings)
+    try:
+        client = TestClient(create_app(ctx))
+        auth = {"Authorization": "Bearer " + token_file.read_text().strip()}
+        assert len(client.get("/dicom-web/studies", headers=auth).json()) >= 1
+        password = (settings.home / "demo-password").read_text().strip()
+        assert client.post("/api/auth/login", json={"username": "demo", "password": password}).status_code == 200
+    finally:
+        ctx.close()
