@@ -17,7 +17,7 @@ access.denied          A.5.3.14 Security Alert 110113; 110132 Use of Restricted 
 node.rejected          A.5.3.14 Security Alert 110113; 110126 Node Authentication; E
 break_glass            A.5.3.14 Security Alert 110113; 110127 Emergency Override Started; E
 user.change            A.5.3.14 Security Alert 110113; 110137 User Security Attributes Changed
-                       (+ 110136 Security Roles Changed when roles or memberships changed); E
+                       (+ 110136 Security Roles Changed when roles or site memberships were set); E
 token.change           A.5.3.14 Security Alert 110113; 110137 User Security Attributes Changed; E
 site.change            A.5.3.14 Security Alert 110113; 110129 Security Configuration; E
 audit.access           A.5.3.2 Audit Log Used 110101; R
@@ -44,6 +44,10 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
+
+from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 from telerad.db.models import AuditEvent
 from telerad.security.audit import Action
@@ -108,9 +112,9 @@ _SOURCE_TYPE_MEANING = "Application server process tier in a multi-tier system"
 _PERSON, _SYSTEM = "1", "2"
 _ROLE_PATIENT, _ROLE_REPORT, _ROLE_SECURITY_USER, _ROLE_SECURITY_RESOURCE = "1", "3", "11", "13"
 
-STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 
+_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>'
 _INVALID_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
@@ -187,11 +191,12 @@ class _Message:
         """The person, token or node the record names (``actor``, reached from ``source``)."""
         row = self.row
         user_id = row.actor or (row.source if row.source not in ("", "cli") else "") or row.actor_type
+        node = row.actor_type == "node" and row.actor  # a DICOM node: its AE title (A.5.2.2)
         self.participant(user_id, requestor, role, access_point=row.source,
-                         alternative=row.actor_type if row.actor_type not in ("", "user") else "")
+                         alternative=f"AETITLES={row.actor}" if node else "")
 
     def application(self, requestor: bool, role: Code | None = None) -> None:
-        """This telerad process, named by its AE title (PS3.15 A.5.2.1) and reached at ``host``."""
+        """This telerad process, named by its AE title (PS3.15 A.5.2.2: ``AETITLES=``), reached at ``host``."""
         self.participant(self.ae_title, requestor, role, access_point=self.host,
                          alternative=f"AETITLES={self.ae_title}")
 
@@ -228,7 +233,7 @@ class _Message:
         ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": _SOURCE_TYPE, "codeSystemName": "DCM",
                                                       "originalText": _SOURCE_TYPE_MEANING})
         self.root.extend(self.objects)
-        return ET.tostring(self.root, encoding="UTF-8", xml_declaration=True)
+        return _DECLARATION + ET.tostring(self.root, encoding="unicode").encode("utf-8")
 
 
 def _alert_description(details: dict[str, Any]) -> str:
@@ -237,6 +242,19 @@ def _alert_description(details: dict[str, Any]) -> str:
     if isinstance(reason, str) and reason:
         return reason
     return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _identifier_bytes(query_json: str) -> bytes | None:
+    """A C-FIND Identifier recorded as DICOM JSON (PS3.18 F.2), encoded in Explicit VR Little Endian."""
+    try:
+        dataset = Dataset.from_json(query_json)
+        fp = DicomBytesIO()
+        fp.is_little_endian = True
+        fp.is_implicit_VR = False
+        write_dataset(fp, dataset)
+        return fp.getvalue()
+    except Exception:  # truncated or malformed JSON: the caller sends the text as recorded
+        return None
 
 
 def _query_uri(details: dict[str, Any]) -> tuple[str, bytes]:
@@ -252,7 +270,7 @@ def _application_activity(m: _Message) -> None:
     start = m.row.action == Action.APPLICATION_START
     m.identify(APPLICATION_ACTIVITY, "E", APPLICATION_START if start else APPLICATION_STOP)
     m.application(False, ROLE_APPLICATION)
-    if m.row.actor_type != "system" or m.row.source not in ("", "cli"):
+    if m.row.actor:
         m.actor(True, ROLE_APPLICATION_LAUNCHER)
 
 
@@ -266,9 +284,12 @@ def _user_authentication(m: _Message) -> None:
 def _query(m: _Message) -> None:
     """A.5.3.13: the querying process (110153 Source) and the responder (110152 Destination); the query.
 
-    A DICOM C-FIND names its SOP Class and carries its identifier dataset (``sop_class_uid``, ``query`` in
-    the details); a QIDO-RS request is a non-DICOM query (A.5.3.13 note 2): its object is the queried resource
-    as a URI and the query is the request target, path and query string, as the protocol carried it.
+    A C-FIND names its SOP Class (110181) and the query is its Identifier dataset, which the DIMSE adapter
+    records as DICOM JSON (``sop_class_uid``, ``query``) and which is re-encoded here in Explicit VR Little
+    Endian, the TransferSyntax detail naming that; an Identifier too long to have been recorded whole goes
+    out as the recorded JSON, marked ``QueryEncoding: application/dicom+json``. A QIDO-RS request is a
+    non-DICOM query (A.5.3.13 note 2): its object is the queried resource as a URI and the query is the
+    request target, path and query string, as the protocol carried it.
     """
     m.identify(QUERY, "E")
     m.actor(True, ROLE_SOURCE)
@@ -276,10 +297,14 @@ def _query(m: _Message) -> None:
     d = m.details
     sop_class = d.get("sop_class_uid")
     if isinstance(sop_class, str) and sop_class:
-        raw = d.get("query", "")
-        query = base64.b64decode(raw) if d.get("query_base64") else str(raw).encode()
-        syntax = str(d.get("transfer_syntax_uid") or EXPLICIT_VR_LITTLE_ENDIAN)
-        m.obj(sop_class, _SYSTEM, _ROLE_REPORT, SOP_CLASS_UID, query=query, details=[("TransferSyntax", syntax)])
+        recorded = str(d.get("query") or "{}")
+        dataset = _identifier_bytes(recorded)
+        if dataset is not None:
+            m.obj(sop_class, _SYSTEM, _ROLE_REPORT, SOP_CLASS_UID, query=dataset,
+                  details=[("TransferSyntax", EXPLICIT_VR_LITTLE_ENDIAN)])
+        else:
+            m.obj(sop_class, _SYSTEM, _ROLE_REPORT, SOP_CLASS_UID, query=recorded.encode(),
+                  details=[("QueryEncoding", "application/dicom+json")])
     else:
         resource, target = _query_uri(d)
         m.obj(resource, _SYSTEM, _ROLE_REPORT, URI, query=target)
@@ -310,7 +335,7 @@ def _export(m: _Message) -> None:
     m.study_and_patient()
 
 
-_ALERT_TYPES = {
+_ALERT_TYPES: dict[str, tuple[Code, ...]] = {
     Action.ACCESS_DENIED: (USE_OF_RESTRICTED_FUNCTION,),
     Action.NODE_REJECTED: (NODE_AUTHENTICATION,),
     Action.BREAK_GLASS: (EMERGENCY_OVERRIDE_STARTED,),
@@ -318,7 +343,7 @@ _ALERT_TYPES = {
     Action.TOKEN_CHANGE: (USER_SECURITY_ATTRIBUTES_CHANGED,),
     Action.SITE_CHANGE: (SECURITY_CONFIGURATION,),
 }
-_ROLE_WORDS = ("role", "member", "site")
+_ROLE_KEYS = ("roles", "sites")  # a user's roles or site memberships were set (security.users)
 
 
 def _security_alert(m: _Message) -> None:
@@ -329,8 +354,8 @@ def _security_alert(m: _Message) -> None:
     (user, token, site settings, break-glass) are reported by that person, the requestor.
     """
     row, d = m.row, m.details
-    types = _ALERT_TYPES[row.action]
-    if row.action == Action.USER_CHANGE and any(w in str(d.get("change", "")).lower() for w in _ROLE_WORDS):
+    types: tuple[Code, ...] = _ALERT_TYPES[row.action]
+    if row.action == Action.USER_CHANGE and any(key in d for key in _ROLE_KEYS):
         types = (*types, SECURITY_ROLES_CHANGED)
     m.identify(SECURITY_ALERT, "E", *types)
     description = [("Alert Description", _alert_description(d))]
