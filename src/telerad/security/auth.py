@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 
 import pyotp
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from telerad.context import Context
 from telerad.db.models import BreakGlass, LoginAttempt, Membership, Site, User, UserSession
@@ -142,23 +143,30 @@ def login(ctx: Context, username: str, password: str, totp_code: str | None, sou
 def principal_for_user(ctx: Context, user_id: int, *, session_id: int | None = None, token_id: int | None = None,
                        mfa_pending: bool = False, source: str = "", only_site: int | None = None,
                        only_roles: frozenset[Role] | None = None, extra: dict[str, str] | None = None) -> Principal:
-    now = utcnow()
     with ctx.db.session() as s:
-        user = s.get(User, user_id)
-        if user is None or user.disabled:
-            raise Unauthenticated("account disabled")
-        sites = frozenset(s.execute(select(Membership.site_id).where(Membership.user_id == user_id)).scalars())
-        glass: frozenset[int] = frozenset()
-        if session_id is not None:
-            glass = frozenset(s.execute(select(BreakGlass.site_id).where(
-                BreakGlass.user_id == user_id, BreakGlass.expires_at > now)).scalars())
-    roles = parse_roles([user.roles])
+        return build_principal(s, user_id, session_id=session_id, token_id=token_id, mfa_pending=mfa_pending,
+                               source=source, only_site=only_site, only_roles=only_roles, extra=extra)
+
+
+def build_principal(s: Session, user_id: int, *, session_id: int | None = None, token_id: int | None = None,
+                    mfa_pending: bool = False, source: str = "", only_site: int | None = None,
+                    only_roles: frozenset[Role] | None = None, extra: dict[str, str] | None = None) -> Principal:
+    """The principal of ``user_id`` read in the caller's session (one round trip per table, no more)."""
+    row = s.execute(select(User.username, User.roles, User.disabled).where(User.id == user_id)).first()
+    if row is None or row.disabled:
+        raise Unauthenticated("account disabled")
+    sites = frozenset(s.execute(select(Membership.site_id).where(Membership.user_id == user_id)).scalars())
+    glass: frozenset[int] = frozenset()
+    if session_id is not None:
+        glass = frozenset(s.execute(select(BreakGlass.site_id).where(
+            BreakGlass.user_id == user_id, BreakGlass.expires_at > utcnow())).scalars())
+    roles = parse_roles([row.roles])
     if only_roles is not None:
         roles &= only_roles
     if only_site is not None:
         sites &= {only_site}
     kind = "token" if token_id is not None else "user"
-    return Principal(kind, user.username, user_id, roles, sites, glass, session_id, token_id, mfa_pending, source,
+    return Principal(kind, row.username, user_id, roles, sites, glass, session_id, token_id, mfa_pending, source,
                      extra or {})
 
 
@@ -168,15 +176,20 @@ def session_principal(ctx: Context, cookie: str, source: str) -> tuple[Principal
     now = utcnow()
     with ctx.db.session() as s:
         row = s.execute(select(UserSession).where(UserSession.id_hash == sha256_hex(cookie))).scalar_one_or_none()
-    if row is None or row.ended_at is not None or row.expires_at <= now:
+        live = row is not None and row.ended_at is None and row.expires_at > now
+        idle = live and row is not None and row.last_seen_at + timedelta(minutes=st.session_idle_minutes) <= now
+        principal = None
+        if live and not idle and row is not None:
+            principal = build_principal(s, row.user_id, session_id=row.id, mfa_pending=not row.mfa_ok, source=source)
+    if row is None or not live:
         raise Unauthenticated("session expired: sign in again")
-    if row.last_seen_at + timedelta(minutes=st.session_idle_minutes) <= now:
+    if idle:
         end_session(ctx, cookie, reason="idle timeout")
         raise Unauthenticated("session expired after inactivity: sign in again")
     if now - row.last_seen_at > timedelta(seconds=30):  # one write per half minute, not per request
         with ctx.db.session(write=True) as s:
             s.execute(update(UserSession).where(UserSession.id == row.id).values(last_seen_at=now))
-    principal = principal_for_user(ctx, row.user_id, session_id=row.id, mfa_pending=not row.mfa_ok, source=source)
+    assert principal is not None
     return principal, row.csrf_token
 
 

@@ -126,7 +126,11 @@ def resolve_site(db: Database, principal: Principal | None, permission: Permissi
     if not code:
         ids = [sid for sid in usable if principal.may_use(permission, sid)]
         if len(ids) == 1:
-            return SiteScope(ids[0], site_codes(db, frozenset(ids))[ids[0]], principal)
+            cached = [c for c, i in list((known or {}).items()) if i == ids[0]]
+            code = cached[0] if cached else site_codes(db, frozenset(ids))[ids[0]]
+            if known is not None:
+                known[code] = ids[0]
+            return SiteScope(ids[0], code, principal)
         if not ids:
             raise Forbidden("you are not a member of any site")
         raise SiteRequired("you may act for several sites: name one in the X-Telerad-Site header")

@@ -14,13 +14,13 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from telerad.context import Context
 from telerad.db.models import ApiToken, Membership, Site, User
 from telerad.domain.access import parse_roles, roles_text
 from telerad.security.audit import Action, Event
-from telerad.security.auth import principal_for_user, sha256_hex, utcnow
+from telerad.security.auth import sha256_hex, utcnow
 from telerad.security.scope import Principal, Unauthenticated
 from telerad.security.users import CLI_ACTOR, Actor, UserError
 
@@ -125,17 +125,31 @@ def token_principal(ctx: Context, token: str, source: str) -> Principal:
     if not public_id or not secret or len(token) > 200:
         raise Unauthenticated("invalid token")
     now = utcnow()
-    with ctx.db.session() as s:
-        row = s.execute(select(ApiToken).where(ApiToken.public_id == public_id)).scalar_one_or_none()
+    with ctx.db.engine.connect() as conn:  # one statement, no ORM: this runs on every request
+        row = conn.execute(_LOOKUP, {"public_id": public_id}).first()
     if row is None or not hmac.compare_digest(row.secret_hash, sha256_hex(secret)):
         raise Unauthenticated("invalid token")
     if row.revoked_at is not None:
         raise Unauthenticated("token revoked")
     if row.expires_at is not None and row.expires_at <= now:
         raise Unauthenticated("token expired")
+    if row.disabled:
+        raise Unauthenticated("account disabled")
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
         with ctx.db.session(write=True) as s:
             s.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
-    return principal_for_user(ctx, row.user_id, token_id=row.id, source=source,
-                              only_site=row.site_id if row.site_id is not None else -1,
-                              only_roles=parse_roles([row.roles]), extra={"token": public_id})
+    roles = parse_roles([row.user_roles]) & parse_roles([row.roles])
+    sites = frozenset({row.member_site}) if row.member_site is not None else frozenset()
+    return Principal("token", row.username, row.user_id, roles, sites, frozenset(), None, row.id, False, source,
+                     {"token": public_id})
+
+
+# A token, its owner, and whether the owner is (still) a member of the token's site.
+_LOOKUP = (
+    select(ApiToken.id, ApiToken.secret_hash, ApiToken.revoked_at, ApiToken.expires_at, ApiToken.last_used_at,
+           ApiToken.roles, ApiToken.user_id, User.username, User.roles.label("user_roles"), User.disabled,
+           Membership.site_id.label("member_site"))
+    .join(User, User.id == ApiToken.user_id)
+    .outerjoin(Membership, (Membership.user_id == ApiToken.user_id) & (Membership.site_id == ApiToken.site_id))
+    .where(ApiToken.public_id == bindparam("public_id"))
+)
