@@ -1,4 +1,10 @@
-"""``telerad serve``: HTTP (DICOMweb) and DICOM (DIMSE) listeners in one process."""
+"""``telerad serve``: HTTP (DICOMweb) and DICOM (DIMSE) listeners in one process.
+
+With ``http_tls_cert``/``http_tls_key`` set, HTTP is served over TLS with the BCP 195 context of
+:mod:`telerad.adapters.http.tls` (TLS 1.2 or newer, 1.3 preferred). The start and stop of the application are
+audited (PS3.15 A.5.3.1 Application Activity): the start once both listeners are up, the stop once they are
+down, durable before the process exits.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,11 @@ import time
 import uvicorn
 
 from telerad.context import Context
+from telerad.security.audit import Action, Event
 
 log = logging.getLogger(__name__)
 ANALYZE_EVERY_S = 600.0
+STARTUP_FAILURE = 3  # the exit status uvicorn.run uses when the server did not start
 
 
 def _keep_statistics_fresh(ctx: Context) -> None:
@@ -24,9 +32,31 @@ def _keep_statistics_fresh(ctx: Context) -> None:
             log.exception("ANALYZE failed")
 
 
+def http_config(ctx: Context) -> uvicorn.Config:
+    """The uvicorn configuration of the HTTP listener; TLS when a certificate and key are configured."""
+    from telerad.adapters.http.tls import server_context
+    from telerad.app import create_app
+
+    s = ctx.settings
+    config = uvicorn.Config(create_app(ctx), host=s.http_host, port=s.http_port, log_level="info")
+    if s.http_tls_cert and s.http_tls_key:
+        cert, key = s.http_tls_cert, s.http_tls_key
+        config.ssl_certfile, config.ssl_keyfile = str(cert), str(key)
+        config.ssl_context_factory = lambda _config, _default: server_context(cert, key)
+    return config
+
+
+def _application_event(ctx: Context, action: str, **details: object) -> None:
+    """PS3.15 A.5.3.1 Application Activity, by the application itself (its AE title)."""
+    try:
+        ctx.audit.record(Event(action, actor_type="system", actor=ctx.settings.ae_title, source="telerad serve",
+                               details=dict(details)), wait=True)
+    except Exception:
+        log.exception("cannot audit %s", action)
+
+
 def run(ctx: Context) -> None:
     from telerad.adapters.dimse.server import start_dimse
-    from telerad.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom logs every PDU and DIMSE message at INFO; telerad logs each stored object and refusal itself.
@@ -34,9 +64,19 @@ def run(ctx: Context) -> None:
     s = ctx.settings
     ctx.db.analyze()
     threading.Thread(target=_keep_statistics_fresh, args=(ctx,), name="db-analyze", daemon=True).start()
+    config = http_config(ctx)
+    config.load()  # builds the TLS context now: a bad certificate or key fails before anything listens
     dimse = start_dimse(ctx)
     log.info("DICOM listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
+    scheme = "https" if config.ssl else "http"
+    _application_event(ctx, Action.APPLICATION_START, http=f"{scheme}://{s.http_host}:{s.http_port}",
+                       dicom=f"{s.dicom_host}:{s.dicom_port}", dicom_tls=bool(s.dimse_tls_cert))
+    server = uvicorn.Server(config)
     try:
-        uvicorn.run(create_app(ctx), host=s.http_host, port=s.http_port, log_level="info")
+        server.run()
     finally:
         dimse.shutdown()
+        _application_event(ctx, Action.APPLICATION_STOP, http=f"{scheme}://{s.http_host}:{s.http_port}",
+                           dicom=f"{s.dicom_host}:{s.dicom_port}")
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
