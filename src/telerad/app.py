@@ -24,7 +24,8 @@ from telerad.security.audit import Action, Event
 from telerad.security.scope import AccessError, Forbidden
 
 # Routes that answer without credentials (the route x role x tenant matrix test checks this list).
-PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("POST", "/api/auth/login")})
+PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("POST", "/api/auth/login"), ("GET", "/api/auth/oidc/{name}/login"),
+                           ("GET", "/api/auth/oidc/{name}/callback")})
 
 
 def create_app(ctx: Context) -> FastAPI:

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -38,6 +38,19 @@ def _default_home() -> Path:
 def _toml_path() -> Path:
     explicit = os.environ.get("TELERAD_CONFIG")
     return Path(explicit) if explicit else _default_home() / "telerad.toml"
+
+
+class OidcProvider(BaseModel):
+    """One OpenID Connect identity provider (e.g. a hospital's own), in the TOML file as
+    ``[oidc_providers.<name>]``."""
+
+    issuer: str
+    client_id: str
+    client_secret: str = ""
+    scopes: str = "openid profile email"
+    username_claim: str = "preferred_username"  # links a first sign-in to the telerad user of that name
+    sites: list[str] = Field(default_factory=list, description="Only users of these sites may use it; [] = any")
+    trust_mfa: bool = False  # accept the IdP's multi-factor sign-in (amr claim) as telerad's second factor
 
 
 class Settings(BaseSettings):
@@ -81,6 +94,9 @@ class Settings(BaseSettings):
     login_lockout_minutes: int = 15
     token_max_days: int = 365
     break_glass_minutes: int = 60
+
+    # OpenID Connect identity providers (optional): name -> settings; see docs/security.md
+    oidc_providers: dict[str, OidcProvider] = Field(default_factory=dict)
 
     # Audit trail (IHE ATNA)
     audit_key_file: Path | None = Field(None, description="HMAC key of the audit chain (default: home/audit.key)")

@@ -294,3 +294,15 @@ class AuditExportCursor(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
     updated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class OidcLogin(Base):
+    """A sign-in started at the identity provider and not yet completed (OpenID Connect authorization code flow
+    with PKCE): the state (hashed), nonce and code verifier, used once, valid for minutes."""
+
+    __tablename__ = "oidc_logins"
+    state_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    redirect_uri: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(DateTime)

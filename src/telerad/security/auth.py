@@ -215,6 +215,21 @@ def mark_mfa_done(ctx: Context, session_id: int) -> None:
         s.execute(update(UserSession).where(UserSession.id == session_id).values(mfa_ok=True))
 
 
+def verify_session_totp(ctx: Context, principal: Principal, code: str) -> bool:
+    """A session opened without a second factor (single sign-on) confirms the user's enrolled TOTP."""
+    with ctx.db.session(write=True) as s:
+        user = s.get(User, principal.user_id)
+        if user is None or not user.totp_confirmed or principal.session_id is None:
+            raise Forbidden("no second factor enrolled: set one up at /api/auth/totp/setup")
+        ok = check_totp(user, code)
+        if ok:
+            s.execute(update(UserSession).where(UserSession.id == principal.session_id).values(mfa_ok=True))
+    ctx.audit.record(Event(Action.LOGIN, outcome=0 if ok else MINOR_FAILURE, actor_type="user",
+                           actor=principal.name, source=principal.source,
+                           details={"method": "totp step-up", "session": principal.session_id}), wait=True)
+    return ok
+
+
 def break_glass(ctx: Context, principal: Principal, site_code: str, reason: str) -> datetime:
     """Emergency access of an admin to one site's images for ``break_glass_minutes``; audited as a security
     alert (PS3.15 A.5.3.14, EventTypeCode DCM 110127 "Emergency Override Started")."""

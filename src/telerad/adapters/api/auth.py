@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from telerad.adapters.http.auth import CSRF_HEADER, PrincipalDep, client_address, cookie_name, permission
 from telerad.context import Context
 from telerad.domain.access import Permission
-from telerad.security import auth, users
+from telerad.security import auth, oidc, users
 from telerad.security.scope import Forbidden, Principal, site_codes
 
 router = APIRouter()
@@ -88,6 +89,9 @@ def _username(principal: Any) -> str:
 async def totp_setup(request: Request, principal: PrincipalDep) -> dict[str, str]:
     ctx = _ctx(request)
     actor = users.Actor("user", principal.name, client_address(request))
+    if principal.mfa_pending and (await run_in_threadpool(users.get_user, ctx, _username(principal))).mfa:
+        # A session without a second factor must not replace the enrolled one: confirm it instead.
+        raise Forbidden("a second factor is enrolled: confirm a code at /api/auth/totp/verify")
     uri = await run_in_threadpool(users.begin_totp, ctx, _username(principal), actor)
     return {"otpauth_uri": uri, "next": "POST a current code to /api/auth/totp/confirm"}
 
@@ -105,6 +109,43 @@ async def totp_confirm(body: TotpCode, request: Request, principal: PrincipalDep
     if principal.session_id is not None:
         await run_in_threadpool(auth.mark_mfa_done, ctx, principal.session_id)
     return {"status": "TOTP enrolled"}
+
+
+@router.post("/totp/verify", summary="Confirm the enrolled second factor for this session (after single sign-on)")
+async def totp_verify(body: TotpCode, request: Request, principal: PrincipalDep) -> dict[str, str]:
+    ctx = _ctx(request)
+    if principal.session_id is None:
+        raise Forbidden("needs an interactive session")
+    ok = await run_in_threadpool(auth.verify_session_totp, ctx, principal, body.code)
+    if not ok:
+        raise HTTPException(400, "wrong code")
+    return {"status": "second factor confirmed"}
+
+
+def _redirect_uri(request: Request, name: str) -> str:
+    base = _ctx(request).settings.public_base_url or str(request.base_url)
+    return f"{base.rstrip('/')}/api/auth/oidc/{name}/callback"
+
+
+@router.get("/oidc/{name}/login", summary="Single sign-on: go to the identity provider", status_code=302)
+async def oidc_login(name: str, request: Request) -> RedirectResponse:
+    url = await run_in_threadpool(oidc.begin, _ctx(request), name[:64], _redirect_uri(request, name[:64]))
+    return RedirectResponse(url, status_code=302)
+
+
+@router.get("/oidc/{name}/callback", summary="Single sign-on: the identity provider's answer")
+async def oidc_callback(name: str, request: Request, response: Response,
+                        state: Annotated[str, Query(max_length=200)] = "",
+                        code: Annotated[str, Query(max_length=2000)] = "",
+                        error: Annotated[str, Query(max_length=200)] = "") -> dict[str, Any]:
+    ctx = _ctx(request)
+    if error or not code:
+        raise oidc.OidcError(f"the identity provider did not sign you in: {error or 'no code'}")
+    new = await run_in_threadpool(oidc.complete, ctx, name[:64], state, code, client_address(request),
+                                  request.headers.get("user-agent", ""))
+    response.set_cookie(cookie_name(ctx), new.cookie, max_age=ctx.settings.session_max_hours * 3600,
+                        path="/", secure=ctx.settings.https, httponly=True, samesite="strict")
+    return _me(ctx, new.principal, new.csrf_token)
 
 
 @router.post("/break-glass", summary="Emergency access to a site's images (admins; reason required; audited)")
