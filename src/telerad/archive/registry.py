@@ -1,10 +1,23 @@
-"""Sites (tenants) and their DICOM nodes (PS3.7 D.3.3.3 application entities)."""
+"""Sites (tenants) and their DICOM nodes (PS3.7 D.3.3.3 application entities).
+
+A calling AE title is only a claim (PS3.8 7.1.1.3 leaves its authentication to the acceptor), so a
+registered node is bound to something the peer cannot simply assert (:func:`admit_calling_ae`): its client
+certificate when one is registered (PS3.15 B.9 mutual TLS, compared by SHA-256 fingerprint), otherwise the
+network addresses its registered host resolves to.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import re
+import socket
+import ssl
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -12,10 +25,19 @@ from telerad.context import Context
 from telerad.db.models import Node, Site
 from telerad.security.audit import CLI_ACTOR, Action, Actor, Event
 
-__all__ = ["Site", "Node", "NodeInfo", "RegistryError"]
+__all__ = ["Site", "Node", "NodeInfo", "RegistryError", "Admission"]
 
 _CODE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE: 16 chars, no backslash, no control chars
+_PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----")
+_FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
+RESOLVE_TTL_S = 60.0  # how long the addresses of a registered host name are reused
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
+_IPV4_LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
+_resolved: dict[str, tuple[float, frozenset[IPAddress]]] = {}  # host name -> (expiry, addresses)
+_resolved_lock = threading.Lock()
 
 
 class RegistryError(ValueError):
@@ -29,6 +51,26 @@ class NodeInfo:
     ae_title: str
     host: str
     port: int
+    tls_fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The registry's verdict on an A-ASSOCIATE-RQ.
+
+    ``site_id``/``site_code`` name the site the calling AE title belongs to; for a refused registered node
+    that is the node's site (its administrators see the refusal in their audit trail), but the association
+    is admitted only when :attr:`admitted` is true.
+    """
+
+    site_id: int | None
+    site_code: str = ""
+    reason: str = ""  # why it was refused; empty when admitted
+    bound_by: str = ""  # "certificate", "address" or "loopback" (unregistered demo AE) when admitted
+
+    @property
+    def admitted(self) -> bool:
+        return self.site_id is not None and not self.reason
 
 
 def _audit(ctx: Context, actor: Actor, site: Site, **details: object) -> None:
@@ -77,6 +119,8 @@ def add_node(ctx: Context, site_code: str, ae_title: str, host: str, port: int, 
         raise RegistryError("AE title: 1-16 printable characters, no backslash (PS3.5 AE)")
     if not 0 < port < 65536:
         raise RegistryError("port must be 1-65535")
+    if tls_fingerprint is not None:
+        tls_fingerprint = normalise_fingerprint(tls_fingerprint)
     site = get_site(ctx, site_code)
     with ctx.db.session(write=True) as s:
         if s.execute(select(Node).where(Node.ae_title == ae_title)).scalar_one_or_none() is not None:
@@ -95,7 +139,7 @@ def list_nodes(ctx: Context, site_code: str | None = None) -> list[NodeInfo]:
         q = select(Node, Site.code).join(Site, Node.site_id == Site.id).order_by(Site.code, Node.ae_title)
         if site_code:
             q = q.where(Site.code == site_code)
-        return [NodeInfo(n.site_id, code, n.ae_title, n.host, n.port) for n, code in s.execute(q)]
+        return [_info(n, code) for n, code in s.execute(q)]
 
 
 def find_node(ctx: Context, ae_title: str) -> NodeInfo | None:
@@ -106,25 +150,131 @@ def find_node(ctx: Context, ae_title: str) -> NodeInfo | None:
     if row is None:
         return None
     n, code = row
-    return NodeInfo(n.site_id, code, n.ae_title, n.host, n.port)
+    return _info(n, code)
 
 
-def resolve_calling_ae(ctx: Context, ae_title: str, address: str) -> int | None:
-    """The site an association belongs to, or None to reject it (calling AE not recognised).
+def _info(n: Node, site_code: str) -> NodeInfo:
+    return NodeInfo(n.site_id, site_code, n.ae_title, n.host, n.port, n.tls_fingerprint)
 
-    A registered AE title belongs to its site. An unregistered one is accepted only from a loopback
-    address and only when a site opted in for demo use.
+
+def resolve_calling_ae(ctx: Context, ae_title: str, address: str, peer_certificate: bytes | None = None) -> int | None:
+    """The site an association belongs to, or None to reject it (see :func:`admit_calling_ae`)."""
+    admission = admit_calling_ae(ctx, ae_title, address, peer_certificate)
+    return admission.site_id if admission.admitted else None
+
+
+def admit_calling_ae(ctx: Context, ae_title: str, address: str, peer_certificate: bytes | None = None) -> Admission:
+    """Decide whether an association from ``ae_title`` at ``address`` is accepted, and for which site.
+
+    ``peer_certificate`` is the DER client certificate of a TLS connection (None over plain TCP or when the
+    client sent none). A registered node is accepted only
+
+    - when it has a ``tls_fingerprint``: over TLS with exactly that certificate (PS3.15 B.9, the node's
+      identity is its key, wherever it connects from); otherwise
+    - from one of the addresses its registered host resolves to (:func:`host_addresses`).
+
+    An unregistered AE title is accepted only from a loopback address and only when a site opted in for
+    demo use. A refused association carries the reason (for the audit trail) and, when the AE title names a
+    registered node, that node's site.
     """
     node = find_node(ctx, ae_title)
     if node is not None:
-        return node.site_id
-    try:
-        loopback = ipaddress.ip_address(address.split("%")[0]).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        return None
+        reason = _node_mismatch(node, address, peer_certificate)
+        if reason:
+            return Admission(node.site_id, node.site_code, reason)
+        return Admission(node.site_id, node.site_code, bound_by="certificate" if node.tls_fingerprint else "address")
+    peer = normalise_address(address)
+    if peer is None or not peer.is_loopback:
+        return Admission(None, reason="calling AE title not registered")
     with ctx.db.session() as s:
-        return s.execute(
-            select(Site.id).where(Site.accept_unregistered_loopback.is_(True))
-        ).scalar_one_or_none()
+        row = s.execute(
+            select(Site.id, Site.code).where(Site.accept_unregistered_loopback.is_(True))
+        ).first()
+    if row is None:
+        return Admission(None, reason="calling AE title not registered (no site accepts unregistered loopback AEs)")
+    return Admission(row[0], row[1], bound_by="loopback")
+
+
+def _node_mismatch(node: NodeInfo, address: str, peer_certificate: bytes | None) -> str:
+    """Why the peer is not the registered node, or "" when it is."""
+    if node.tls_fingerprint:
+        if peer_certificate is None:
+            return "node is bound to a TLS client certificate; none was presented"
+        got = hashlib.sha256(peer_certificate).hexdigest()
+        if not hmac.compare_digest(got, normalise_fingerprint(node.tls_fingerprint)):
+            return f"client certificate SHA-256 {got} is not the one registered for the node"
+        return ""
+    peer = normalise_address(address)
+    if peer is None:
+        return f"peer address {address!r} is not an IP address"
+    allowed = host_addresses(node.host)
+    if not allowed:
+        return f"registered host {node.host!r} does not resolve"
+    if peer not in allowed:
+        return f"peer address {peer} is not an address of the registered host {node.host!r}"
+    return ""
+
+
+def normalise_address(address: str) -> IPAddress | None:
+    """An IP address in the form nodes are compared in, or None for anything else.
+
+    An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, RFC 4291 2.5.5.2: what a dual-stack listener reports
+    for an IPv4 peer) is its IPv4 address, and ``::1`` is ``127.0.0.1``: both are this host's loopback, and
+    ``localhost`` resolves to either. Other loopback addresses (``127.0.0.2``...) stay distinct.
+    """
+    try:
+        ip = ipaddress.ip_address(address.strip().strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip == _IPV6_LOOPBACK:
+            return _IPV4_LOOPBACK
+    return ip
+
+
+def host_addresses(host: str) -> frozenset[IPAddress]:
+    """The normalised addresses a registered host stands for: itself when it is an IP literal, else what
+    ``getaddrinfo`` answers (kept for :data:`RESOLVE_TTL_S`; empty when the name does not resolve)."""
+    literal = normalise_address(host)
+    if literal is not None:
+        return frozenset({literal})
+    key = host.strip().lower().rstrip(".")
+    now = time.monotonic()
+    with _resolved_lock:
+        hit = _resolved.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    try:
+        infos = socket.getaddrinfo(key, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        infos = []
+    found = frozenset(a for a in (normalise_address(str(i[4][0])) for i in infos) if a is not None)
+    with _resolved_lock:
+        _resolved[key] = (now + RESOLVE_TTL_S, found)
+    return found
+
+
+def normalise_fingerprint(fingerprint: str) -> str:
+    """A SHA-256 fingerprint as 64 lower-case hex digits (``AB:CD:...`` as openssl prints it is accepted)."""
+    fp = fingerprint.strip().replace(":", "").lower()
+    if not _FINGERPRINT.match(fp):
+        raise RegistryError("TLS fingerprint: SHA-256 as 64 hex digits")
+    return fp
+
+
+def certificate_fingerprint(pem_path: Path | str) -> str:
+    """SHA-256 (hex) of the DER encoding of the first certificate in a PEM file (RFC 7468 5)."""
+    try:
+        text = Path(pem_path).read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"cannot read certificate {pem_path}: {exc}") from exc
+    match = _PEM_CERT.search(text)
+    if match is None:
+        raise RegistryError(f"{pem_path} holds no PEM certificate")
+    try:
+        der = ssl.PEM_cert_to_DER_cert(match.group(0))
+    except ValueError as exc:
+        raise RegistryError(f"{pem_path}: {exc}") from exc
+    return hashlib.sha256(der).hexdigest()

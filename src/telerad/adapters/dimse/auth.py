@@ -1,21 +1,25 @@
-"""Association acceptance by calling AE title, and the tenant each association belongs to.
+"""Association acceptance: which node is calling, and the tenant each association belongs to.
 
 PS3.8 7.1.1 / 9.3.4: an acceptor may reject an A-ASSOCIATE-RQ with result 1 (rejected-permanent), source 1
-(DICOM UL service-user) and diagnostic 3 (calling-AE-title-not-recognized). telerad accepts a calling AE
-title only when it is a registered node (the node's site is the tenant) or, when a site opted in for demo
-use, an unregistered AE connecting from a loopback address (see :func:`registry.resolve_calling_ae`).
+(DICOM UL service-user) and diagnostic 3 (calling-AE-title-not-recognized). A calling AE title is accepted
+only when :func:`registry.admit_calling_ae` admits it: a registered node connecting with its registered
+client certificate (PS3.15 B.9) or, without one, from an address of its registered host; or, when a site
+opted in for demo use, an unregistered AE connecting from a loopback address. Every refusal is audited once
+per association as a node authentication failure (PS3.15 A.5.3.14 Security Alert, ``Action.NODE_REJECTED``).
 
 pynetdicom's ACSE (``acse.py`` ``_negotiate_as_acceptor``) rejects with exactly (1, 1, 3) when
 ``assoc.ae.require_calling_aet`` is non-empty and does not contain the calling AE title. That check runs in
 the association's own thread (``Association.run`` -> ``run_reactor`` -> ``negotiate_association``), so
 :class:`TenantAE` answers the property per association by looking at ``threading.current_thread()``.
-The site is resolved once, cached for the association's lifetime and used by every handler: a node sees
+The admission is decided once, cached for the association's lifetime and used by every handler: a node sees
 only its own site's data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import ssl
 import threading
 import weakref
 from typing import Any
@@ -25,11 +29,44 @@ from pynetdicom.association import Association
 
 from telerad.archive import registry
 from telerad.context import Context
+from telerad.security.audit import MINOR_FAILURE, Action, Event
 
 log = logging.getLogger(__name__)
 
 # Longer than any AE title (PS3.5 AE: 16 characters), so it never equals a calling AE title.
 _NOBODY = "\x00telerad-not-recognised"
+
+
+def calling_ae_of(assoc: Any) -> str:
+    """The Calling AE Title of the A-ASSOCIATE-RQ (PS3.8 9.3.2), without padding."""
+    primitive = assoc.requestor.primitive
+    return str((primitive.calling_ae_title if primitive else "") or assoc.requestor.ae_title or "").strip()
+
+
+def peer_address(assoc: Any) -> str:
+    """The peer's IP address as the listener saw it."""
+    return str(assoc.requestor.address or "")
+
+
+def tls_socket(assoc: Any) -> ssl.SSLSocket | None:
+    """The association's TLS socket, or None over plain TCP.
+
+    The listener wraps each accepted socket before pynetdicom sees it (:mod:`.server`), so the association's
+    transport socket (``assoc.dul.socket.socket``) is the :class:`ssl.SSLSocket` itself.
+    """
+    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
+    return sock if isinstance(sock, ssl.SSLSocket) else None
+
+
+def peer_certificate(assoc: Any) -> bytes | None:
+    """The DER client certificate of a TLS association (None over plain TCP or when the client sent none)."""
+    sock = tls_socket(assoc)
+    if sock is None:
+        return None
+    try:
+        return sock.getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        return None
 
 
 class TenantAE(AE):
@@ -38,8 +75,8 @@ class TenantAE(AE):
     def __init__(self, ctx: Context, ae_title: str) -> None:
         super().__init__(ae_title=ae_title)
         self._ctx = ctx
-        self._sites: weakref.WeakKeyDictionary[Association, int | None] = weakref.WeakKeyDictionary()
-        self._sites_lock = threading.Lock()
+        self._admissions: weakref.WeakKeyDictionary[Association, registry.Admission] = weakref.WeakKeyDictionary()
+        self._admissions_lock = threading.Lock()
 
     # pynetdicom reads this property during A-ASSOCIATE-RQ negotiation (PS3.8 9.3.4) in the association thread.
     @property  # type: ignore[override]
@@ -55,20 +92,46 @@ class TenantAE(AE):
         AE.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
 
     def site_of(self, assoc: Any) -> int | None:
-        """The site (tenant) id of an acceptor association, resolved once from its calling AE title and address."""
-        with self._sites_lock:
-            if assoc in self._sites:
-                return self._sites[assoc]
-        calling = (assoc.requestor.primitive.calling_ae_title if assoc.requestor.primitive else "") or ""
-        calling = calling.strip()
-        address = str(assoc.requestor.address or "")
+        """The site (tenant) id of an acceptor association, or None when it is not admitted."""
+        admission = self.admission_of(assoc)
+        return admission.site_id if admission.admitted else None
+
+    def admission_of(self, assoc: Any) -> registry.Admission:
+        """The registry's verdict on an acceptor association, decided (and a refusal audited) once."""
+        with self._admissions_lock:
+            cached = self._admissions.get(assoc)
+        if cached is not None:
+            return cached
+        calling, address = calling_ae_of(assoc), peer_address(assoc)
+        certificate = peer_certificate(assoc)
+        tls = tls_socket(assoc) is not None
         try:
-            site_id = registry.resolve_calling_ae(self._ctx, calling, address) if calling else None
+            admission = (registry.admit_calling_ae(self._ctx, calling, address, certificate) if calling
+                         else registry.Admission(None, reason="no calling AE title"))
         except Exception:  # the registry is unavailable: refuse rather than guess a tenant
             log.exception("cannot resolve calling AE %r", calling)
-            site_id = None
-        if site_id is None:
-            log.warning("rejecting association from %r at %s: calling AE title not recognised", calling, address)
-        with self._sites_lock:
-            self._sites[assoc] = site_id
-        return site_id
+            admission = registry.Admission(None, reason="node registry unavailable")
+        with self._admissions_lock:
+            first = self._admissions.setdefault(assoc, admission)
+        if first is not admission:
+            return first
+        if admission.admitted:
+            log.debug("association from %r at %s admitted for site %s (by %s)", calling, address,
+                      admission.site_code, admission.bound_by)
+        else:
+            log.warning("rejecting association from %r at %s: %s", calling, address, admission.reason)
+            self._audit_rejection(calling, address, tls, certificate, admission)
+        return first
+
+    def _audit_rejection(self, calling: str, address: str, tls: bool, certificate: bytes | None,
+                         admission: registry.Admission) -> None:
+        """PS3.15 A.5.3.14 Security Alert, node authentication failure, durable before the A-ASSOCIATE-RJ."""
+        details: dict[str, Any] = {"reason": admission.reason, "called_ae": self.ae_title, "tls": tls}
+        if certificate is not None:
+            details["certificate_sha256"] = hashlib.sha256(certificate).hexdigest()
+        try:
+            self._ctx.audit.record(Event(Action.NODE_REJECTED, outcome=MINOR_FAILURE, actor_type="node",
+                                         actor=calling, source=address, site_id=admission.site_id,
+                                         site_code=admission.site_code, details=details), wait=True)
+        except Exception:  # the refusal stands even when it cannot be recorded
+            log.exception("cannot audit the rejection of %r at %s", calling, address)
