@@ -8,6 +8,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from telerad.adapters.dimse.audit import DimseAudit, Peer
 from telerad.adapters.dimse.auth import TenantAE
 from telerad.context import Context
 
@@ -21,6 +22,7 @@ class Runtime:
     ctx: Context
     ae: TenantAE
     executor: ThreadPoolExecutor
+    audit: DimseAudit
 
     @property
     def ae_title(self) -> str:
@@ -32,6 +34,10 @@ class Runtime:
 
     def calling_ae(self, event: Any) -> str:
         return str(event.assoc.requestor.ae_title or "").strip()
+
+    def peer(self, event: Any) -> Peer:
+        """The calling node of the event's association, as audit records name it."""
+        return self.audit.peer(event.assoc)
 
 
 def status(code: int, comment: str = "") -> Dataset:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataelem import DataElement
@@ -20,8 +21,10 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
+from telerad.adapters.dimse.audit import Peer
 from telerad.adapters.dimse.common import NOT_AUTHORISED, Runtime, status
 from telerad.archive.query import QueryError, search, supported_keys
+from telerad.security.audit import MINOR_FAILURE, SERIOUS_FAILURE, SUCCESS, Action, Event
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,9 @@ PENDING_WARNING = 0xFF01  # PS3.4 C.4.1.1.4: one or more Optional Keys were not 
 QUERY_LEVEL = 0x00080052
 CHARSET = 0x00080005
 RETRIEVE_AET = 0x00080054
+STUDY_UID = "0020000D"
+PATIENT_ID = "00100020"
+QUERY_TEXT_MAX = 8000
 _NOT_KEYS = {QUERY_LEVEL, CHARSET, RETRIEVE_AET}
 PAGE = 500
 _TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "PN", "UC"}  # VRs affected by Specific Character Set (PS3.5 6.1.2.3)
@@ -84,21 +90,70 @@ def parse_identifier(identifier: Dataset, model: str) -> tuple[str, dict[str, st
     return level, keys, requested
 
 
+@dataclass
+class _QueryRecord:
+    """What the audit record of one C-FIND says (PS3.15 A.5.3.13 Query)."""
+
+    sop_class_uid: str
+    level: str = ""
+    keys: dict[str, str] = field(default_factory=dict)
+    returned: int = 0
+    status: int | None = None  # None: the association ended before the final response
+
+    def event(self, peer: Peer, identifier: Any) -> Event:
+        details: dict[str, Any] = {"service": "C-FIND", "sop_class_uid": self.sop_class_uid, "level": self.level,
+                                   "keys": {k: v for k, v in self.keys.items() if v.strip()},
+                                   "returned": self.returned,
+                                   "status": "incomplete" if self.status is None else f"{self.status:04X}"}
+        try:
+            details["query"] = identifier.to_json()[:QUERY_TEXT_MAX]  # the Identifier as DICOM JSON (PS3.18 F.2)
+        except Exception:
+            log.debug("cannot convert a C-FIND identifier to JSON", exc_info=True)
+        if self.status in (0x0000, CANCEL):
+            outcome = SUCCESS
+        else:
+            outcome = SERIOUS_FAILURE if self.status is not None and self.status >= UNABLE_TO_PROCESS else MINOR_FAILURE
+        event = peer.event(Action.QUERY, outcome, single_value(self.keys.get(STUDY_UID, "")), **details)
+        event.patient_id = single_value(self.keys.get(PATIENT_ID, ""))
+        return event
+
+
+def single_value(value: str) -> str:
+    """``value`` when it names exactly one entity (no wild card, no list, PS3.4 C.2.2.2), else ""."""
+    value = value.strip()
+    return "" if not value or any(c in value for c in "*?\\") else value[:64]
+
+
 def handle_find(event: Any, rt: Runtime) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-    """C-FIND SCP: yield (Pending, Identifier) per match, then the final status (PS3.4 C.4.1.1.4)."""
+    """C-FIND SCP: yield (Pending, Identifier) per match, then the final status (PS3.4 C.4.1.1.4).
+
+    Each C-FIND of an admitted node is audited when it ends, whatever its outcome (PS3.15 A.5.3.13).
+    """
     site_id = rt.site_of(event)
     if site_id is None:
         yield status(NOT_AUTHORISED, "calling AE title not recognised"), None
         return
-    model = model_of(event.request.AffectedSOPClassUID)
+    record = _QueryRecord(str(event.request.AffectedSOPClassUID))
+    try:
+        yield from _find(event, rt, site_id, record)
+    finally:
+        rt.audit.record(record.event(rt.peer(event), event.identifier))
+
+
+def _find(event: Any, rt: Runtime, site_id: int, record: _QueryRecord) -> Iterator[tuple[int | Dataset,
+                                                                                           Dataset | None]]:
+    model = model_of(record.sop_class_uid)
     try:
         level, keys, requested = parse_identifier(event.identifier, model)
+        record.level, record.keys = level, keys
         unsupported = any(v.strip() not in ("", "*") and k not in supported_keys(level) for k, v in keys.items())
     except (IdentifierError, QueryError) as exc:
+        record.status = IDENTIFIER_DOES_NOT_MATCH
         yield status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
         return
     except Exception as exc:
         log.exception("undecodable C-FIND identifier")
+        record.status = IDENTIFIER_DOES_NOT_MATCH
         yield status(IDENTIFIER_DOES_NOT_MATCH, f"cannot decode identifier: {exc}"), None
         return
     pending = PENDING_WARNING if unsupported else PENDING
@@ -107,18 +162,23 @@ def handle_find(event: Any, rt: Runtime) -> Iterator[tuple[int | Dataset, Datase
         try:
             rows = search(rt.ctx, site_id, level, keys, limit=PAGE, offset=offset)
         except QueryError as exc:
+            record.status = IDENTIFIER_DOES_NOT_MATCH
             yield status(IDENTIFIER_DOES_NOT_MATCH, str(exc)), None
             return
         except Exception as exc:
             log.exception("C-FIND failed")
+            record.status = UNABLE_TO_PROCESS
             yield status(UNABLE_TO_PROCESS, f"query failed: {exc}"), None
             return
         for row in rows:
             if event.is_cancelled:
+                record.status = CANCEL
                 yield CANCEL, None
                 return
+            record.returned += 1
             yield pending, response(row, requested, level, rt.ae_title)
         if len(rows) < PAGE:
+            record.status = 0x0000  # pynetdicom sends the final Success response
             return
         offset += PAGE
 

@@ -6,7 +6,8 @@ odd padding) and costs a decode/encode of every instance. ``Association.send_c_s
 *path* raw, in PDU-sized chunks, when ``_config.STORE_SEND_CHUNKED_DATASET`` is set. So the handlers yield a
 :class:`StoredFile` (a Dataset carrying the SOP UIDs, the stored transfer syntax and the blob path), and the
 wrapper installed by :func:`install` hands pynetdicom the path instead. A sub-operation whose transfer syntax
-the peer did not accept fails (no transcoding), as PS3.4 C.4.3.3.1 allows.
+the peer did not accept fails (no transcoding), as PS3.4 C.4.3.3.1 allows. The wrapper leaves the status
+of the peer's C-STORE response on the :class:`StoredFile` (:func:`sent_status`) for the audit records.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ class StoredFile(Dataset):
         self.__dict__["stored_path"] = path
 
 
+def sent_status(item: Dataset) -> int | None:
+    """The Status of the peer's C-STORE response to ``item`` (None: not sent, or no response)."""
+    value = item.__dict__.get("sent_status")
+    return value if isinstance(value, int) else None
+
+
 def install() -> None:
     """Wrap ``Association.send_c_store`` once per process (idempotent)."""
     global _installed
@@ -45,9 +52,13 @@ def install() -> None:
     original = Association.send_c_store
 
     def send_c_store(self: Association, dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
-        if isinstance(dataset, StoredFile):
-            dataset = dataset.__dict__["stored_path"]
-        return original(self, dataset, *args, **kwargs)
+        if not isinstance(dataset, StoredFile):
+            return original(self, dataset, *args, **kwargs)
+        rsp = original(self, dataset.__dict__["stored_path"], *args, **kwargs)
+        code = getattr(rsp, "Status", None)
+        if isinstance(code, int):
+            dataset.__dict__["sent_status"] = code
+        return rsp
 
     _config.STORE_SEND_CHUNKED_DATASET = True
     Association.send_c_store = send_c_store  # type: ignore[method-assign]

@@ -15,6 +15,11 @@ files are sent byte for byte (:mod:`.rawsend`) in C-STORE sub-operations:
 Sub-operation counts and the final status (0x0000, 0xB000 with Failed SOP Instance UID List, 0xA702 when all
 failed, 0xFE00 after C-CANCEL) follow PS3.4 C.4.2.1.4-5 / C.4.3.1.3 and are kept by pynetdicom.
 
+Every C-GET and C-MOVE of an admitted node is audited when it ends (PS3.15 A.5.3.5 DICOM Instances
+Transferred, ``Action.RETRIEVE``): one record per study, with the sub-operation counts of that study as the
+peer's C-STORE responses reported them (:func:`.rawsend.sent_status`), the Move Destination, and the final
+status; a refused or unmatched request is recorded once.
+
 Limitation (pynetdicom 3.0): the handler cannot answer 0xA900 with an Error Comment before the sub-operation
 count, so an invalid retrieve Identifier is answered with pynetdicom's 0xC5xx / 0xC4xx "Unable to process".
 """
@@ -23,24 +28,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import STATUS_FAILURE, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
 from sqlalchemy import select
 
+from telerad.adapters.dimse.audit import Peer, outcome_of
 from telerad.adapters.dimse.common import Runtime
-from telerad.adapters.dimse.find import CANCEL, MODEL_LEVELS, IdentifierError, model_of, parse_identifier
-from telerad.adapters.dimse.rawsend import StoredFile
+from telerad.adapters.dimse.find import (
+    CANCEL,
+    MODEL_LEVELS,
+    STUDY_UID,
+    IdentifierError,
+    model_of,
+    parse_identifier,
+    single_value,
+)
+from telerad.adapters.dimse.rawsend import StoredFile, sent_status
 from telerad.archive import registry
 from telerad.archive.query import search
 from telerad.db.models import Instance
+from telerad.security.audit import MINOR_FAILURE, SUCCESS, Action, Event
 
 log = logging.getLogger(__name__)
 
 PENDING = 0xFF00
+MOVE_DESTINATION_UNKNOWN = 0xA801  # PS3.4 C.4.2.1.5
+SUBOPERATIONS_FAILED = 0xA702  # PS3.4 C.4.2.1.5, C.4.3.1.4: unable to perform sub-operations
+SUBOPERATIONS_WARNING = 0xB000  # sub-operations complete, one or more failures or warnings
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
 UNIQUE_KEYS = {"PATIENT": "00100020", "STUDY": "0020000D", "SERIES": "0020000E", "IMAGE": "00080018"}
 _CHUNK = 500
@@ -52,6 +71,7 @@ class StoredInstance:
     sop_class_uid: str
     transfer_syntax_uid: str
     blob_key: str
+    study_uid: str = ""
 
 
 def retrieve_keys(identifier: Dataset, model: str) -> dict[str, str]:
@@ -76,14 +96,16 @@ def matching_instances(rt: Runtime, site_id: int, identifier: Dataset, model: st
     """Stored instances of ``site_id`` selected by a retrieve Identifier, in archive order."""
     keys = retrieve_keys(identifier, model)
     rows = search(rt.ctx, site_id, "IMAGE", keys)
-    uids = [r["00080018"]["Value"][0] for r in rows if r.get("00080018", {}).get("Value")]
+    studies = {r["00080018"]["Value"][0]: (r.get(STUDY_UID, {}).get("Value") or [""])[0]
+               for r in rows if r.get("00080018", {}).get("Value")}
+    uids = list(studies)
     found: dict[str, StoredInstance] = {}
     with rt.ctx.db.session() as s:
         for i in range(0, len(uids), _CHUNK):
             q = select(Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.blob_key)
             q = q.where(Instance.site_id == site_id, Instance.sop_uid.in_(uids[i: i + _CHUNK]))
             for sop_uid, sop_class, ts, key in s.execute(q):
-                found[sop_uid] = StoredInstance(sop_uid, sop_class, ts, key)
+                found[sop_uid] = StoredInstance(sop_uid, sop_class, ts, key, studies.get(sop_uid, ""))
     return [found[u] for u in uids if u in found]
 
 
@@ -109,21 +131,120 @@ def _load(rt: Runtime, inst: StoredInstance) -> Dataset:
     return ds
 
 
-def _send(event: Any, rt: Runtime, instances: list[StoredInstance]) -> Iterator[tuple[int, Dataset | None]]:
+@dataclass
+class _StudyTransfer:
+    instances: int = 0
+    completed: int = 0
+    warning: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _RetrieveRecord:
+    """What the audit records of one C-GET or C-MOVE say (PS3.15 A.5.3.5)."""
+
+    service: str  # "C-GET" or "C-MOVE"
+    destination: str = ""  # Move Destination AE title
+    studies: dict[str, _StudyTransfer] = field(default_factory=dict)
+    status: int | None = None  # None: ended before the final response (association aborted)
+    reason: str = ""
+    study_uid: str = ""  # named by the Identifier, for a request that matched nothing
+
+    def expect(self, instances: list[StoredInstance]) -> None:
+        for inst in instances:
+            self.studies.setdefault(inst.study_uid, _StudyTransfer()).instances += 1
+
+    def settle(self, inst: StoredInstance, item: Dataset) -> None:
+        """Count the sub-operation that sent ``item`` by its C-STORE response's category, as pynetdicom does
+        (an unknown status, an exception or no response is a failure)."""
+        code = sent_status(item)
+        category = STORAGE_SERVICE_CLASS_STATUS.get(code, (STATUS_FAILURE, ""))[0] if code is not None \
+            else STATUS_FAILURE
+        counts = self.studies.setdefault(inst.study_uid, _StudyTransfer())
+        if category == STATUS_FAILURE:
+            counts.failed += 1
+        elif category == STATUS_WARNING:
+            counts.warning += 1
+        else:
+            counts.completed += 1
+
+    def finish(self) -> None:
+        """The final status pynetdicom sends once every sub-operation is done (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
+        done = sum(c.completed + c.warning + c.failed for c in self.studies.values())
+        failed = sum(c.failed for c in self.studies.values())
+        warned = sum(c.warning for c in self.studies.values())
+        if not failed and not warned:
+            self.status = 0x0000
+        else:
+            self.status = SUBOPERATIONS_FAILED if failed == done else SUBOPERATIONS_WARNING
+
+    def events(self, peer: Peer) -> list[Event]:
+        base: dict[str, Any] = {"service": self.service,
+                                "status": "incomplete" if self.status is None else f"{self.status:04X}"}
+        if self.destination:
+            base["destination"] = self.destination
+        if self.reason:
+            base["reason"] = self.reason
+        if not self.studies:
+            outcome = SUCCESS if self.status in (0x0000, CANCEL) else MINOR_FAILURE
+            return [peer.event(Action.RETRIEVE, outcome, self.study_uid, instances=0, **base)]
+        out = []
+        for study_uid, c in self.studies.items():
+            sent = c.completed + c.warning
+            unsent = 0 if self.status == CANCEL else c.instances - sent - c.failed
+            out.append(peer.event(Action.RETRIEVE, outcome_of(sent, c.failed + unsent), study_uid,
+                                  instances=c.instances, completed=c.completed, warning=c.warning, failed=c.failed,
+                                  **base))
+        return out
+
+
+def _send(event: Any, rt: Runtime, instances: list[StoredInstance],
+          record: _RetrieveRecord) -> Iterator[tuple[int, Dataset | None]]:
+    """(Pending, file) per instance; pynetdicom performs each C-STORE sub-operation before resuming here."""
     for inst in instances:
         if event.is_cancelled:
+            record.status = CANCEL
             yield CANCEL, None
             return
-        yield PENDING, _load(rt, inst)
+        item = _load(rt, inst)
+        try:
+            yield PENDING, item
+        finally:  # resumed after the sub-operation, or closed when the association ended during it
+            record.settle(inst, item)
+    record.finish()
+
+
+def _audited(event: Any, rt: Runtime, record: _RetrieveRecord, body: Iterator[Any]) -> Iterator[Any]:
+    """Run a retrieve handler body and record its audit events when it ends, however it ends."""
+    try:
+        record.study_uid = single_value(str(event.identifier.get("StudyInstanceUID", "") or ""))
+    except Exception:  # an undecodable identifier is refused by the body
+        record.study_uid = ""
+    try:
+        yield from body
+    except IdentifierError as exc:
+        record.reason = str(exc)
+        raise
+    finally:
+        rt.audit.record_all(record.events(rt.peer(event)))
 
 
 def handle_move(event: Any, rt: Runtime) -> Iterator[Any]:
     """C-MOVE SCP: yield the destination, the number of sub-operations, then (Pending, dataset) per instance."""
     site_id = rt.site_of(event)
     dest_ae = str(event.move_destination or "").strip()
-    node = registry.find_node(rt.ctx, dest_ae) if dest_ae and site_id is not None else None
+    if site_id is None:  # not reached: the association was not admitted
+        yield None, None
+        return
+    record = _RetrieveRecord("C-MOVE", destination=dest_ae)
+    yield from _audited(event, rt, record, _move(event, rt, site_id, dest_ae, record))
+
+
+def _move(event: Any, rt: Runtime, site_id: int, dest_ae: str, record: _RetrieveRecord) -> Iterator[Any]:
+    node = registry.find_node(rt.ctx, dest_ae) if dest_ae else None
     if node is None or node.site_id != site_id:
         log.warning("C-MOVE from %s to %r refused: not a node of the caller's site", rt.calling_ae(event), dest_ae)
+        record.status, record.reason = MOVE_DESTINATION_UNKNOWN, "move destination is not a node of the site"
         yield None, None  # pynetdicom answers 0xA801 Move Destination unknown
         return
     try:
@@ -131,12 +252,20 @@ def handle_move(event: Any, rt: Runtime) -> Iterator[Any]:
     except IdentifierError as exc:
         log.warning("C-MOVE identifier refused: %s", exc)
         raise
+    record.expect(instances)
     log.info("C-MOVE by %s of %d instances to %s (%s:%d)", rt.calling_ae(event), len(instances), dest_ae,
              node.host, node.port)
     # With no match pynetdicom answers Success (0 sub-operations) without associating.
     yield node.host, node.port, {"contexts": storage_contexts(instances)}
-    yield len(instances)
-    yield from _send(event, rt, instances)
+    if not instances:
+        record.status = 0x0000
+    try:
+        yield len(instances)
+    except GeneratorExit:  # pynetdicom stopped before the sub-operations
+        if instances and event.assoc.is_established:  # it could not associate and answered 0xA801
+            record.status, record.reason = MOVE_DESTINATION_UNKNOWN, "cannot associate with the move destination"
+        raise
+    yield from _send(event, rt, instances, record)
 
 
 def handle_get(event: Any, rt: Runtime) -> Iterator[Any]:
@@ -145,11 +274,19 @@ def handle_get(event: Any, rt: Runtime) -> Iterator[Any]:
     if site_id is None:
         yield 0
         return
+    record = _RetrieveRecord("C-GET")
+    yield from _audited(event, rt, record, _get(event, rt, site_id, record))
+
+
+def _get(event: Any, rt: Runtime, site_id: int, record: _RetrieveRecord) -> Iterator[Any]:
     try:
         instances = matching_instances(rt, site_id, event.identifier, model_of(event.request.AffectedSOPClassUID))
     except IdentifierError as exc:
         log.warning("C-GET identifier refused: %s", exc)
         raise
+    record.expect(instances)
     log.info("C-GET by %s of %d instances", rt.calling_ae(event), len(instances))
+    if not instances:
+        record.status = 0x0000
     yield len(instances)
-    yield from _send(event, rt, instances)
+    yield from _send(event, rt, instances, record)

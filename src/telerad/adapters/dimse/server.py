@@ -7,9 +7,10 @@ SCP/SCU Role Selection (PS3.7 D.3.3.4) so a C-GET requestor can act as Storage S
 
 The transfer syntax accepted for a presentation context is the requestor's first choice among those
 proposed (:func:`prefer_requestor_order`). Associations are admitted by calling AE title (:mod:`.auth`);
-the site resolved at admission is the only tenant the association's handlers see. With a certificate and
-key configured the listener speaks TLS (PS3.15 B.9/B.10, :mod:`.tls`); the TLS handshake runs in the
-connection's own thread, under a timeout, so one silent client cannot stall the accept loop.
+the site resolved at admission is the only tenant the association's handlers see, and what they do is
+audited (:mod:`.audit`). With a certificate and key configured the listener speaks TLS (PS3.15 B.9/B.10,
+:mod:`.tls`); the TLS handshake runs in the connection's own thread, under a timeout, so one silent client
+cannot stall the accept loop.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from telerad.adapters.dimse import rawsend, sockets
+from telerad.adapters.dimse.audit import DimseAudit
 from telerad.adapters.dimse.auth import TenantAE
 from telerad.adapters.dimse.commitment import handle_n_action
 from telerad.adapters.dimse.common import Runtime
@@ -151,9 +153,14 @@ def start_dimse(ctx: Context) -> DimseServer:
     sockets.install()
     ae = build_ae(ctx)
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="telerad-stgcmt")
-    rt = Runtime(ctx=ctx, ae=ae, executor=executor)
+    audit = DimseAudit(ctx, ae)
+    rt = Runtime(ctx=ctx, ae=ae, executor=executor, audit=audit)
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, prefer_requestor_order),
+        # Whichever way an association ends, its C-STORE audit counts are recorded (once).
+        (evt.EVT_RELEASED, audit.association_ended),
+        (evt.EVT_ABORTED, audit.association_ended),
+        (evt.EVT_CONN_CLOSE, audit.association_ended),
         (evt.EVT_C_ECHO, handle_echo, [rt]),
         (evt.EVT_C_STORE, handle_store, [rt]),
         (evt.EVT_C_FIND, handle_find, [rt]),

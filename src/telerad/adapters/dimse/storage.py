@@ -27,20 +27,28 @@ def handle_echo(event: Any, rt: Runtime) -> int:
 
 
 def handle_store(event: Any, rt: Runtime) -> int | Dataset:
-    """Store one instance into the site of the calling node (PS3.4 B.2.2, statuses PS3.4 B.2.3)."""
+    """Store one instance into the site of the calling node (PS3.4 B.2.2, statuses PS3.4 B.2.3).
+
+    Each outcome is counted for the association's audit records (:mod:`.audit`), kept in memory until the
+    association ends.
+    """
     site_id = rt.site_of(event)
     if site_id is None:
         return status(NOT_AUTHORISED, "calling AE title not recognised")
     calling = rt.calling_ae(event)
+    result = None
     try:
         data = event.encoded_dataset()
         result = store(rt.ctx, site_id, data, source=calling)
     except (OSError, MemoryError) as exc:
         log.exception("C-STORE from %s failed", calling)
+        rt.audit.stored(event.assoc, None, OUT_OF_RESOURCES)
         return status(OUT_OF_RESOURCES, f"storage failure: {exc}")
     except Exception as exc:  # never answer success for an object that was not stored
         log.exception("C-STORE from %s failed", calling)
+        rt.audit.stored(event.assoc, None, CANNOT_UNDERSTAND)
         return status(CANNOT_UNDERSTAND, f"cannot process object: {exc}")
+    rt.audit.stored(event.assoc, result, result.status or (0x0000 if result.ok else CANNOT_UNDERSTAND))
     if result.ok:
         log.info("C-STORE %s %s from %s: %s", result.sop_class_uid, result.sop_instance_uid, calling,
                  result.outcome.value)
