@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -88,13 +90,17 @@ def node() -> None:
 @click.option("--host", required=True)
 @click.option("--port", required=True, type=int)
 @click.option("--description", default="")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The node's TLS client certificate (PEM): accept this AE title only over mutual TLS with it.")
 @click.pass_context
-def node_add(click_ctx: click.Context, site_code: str, ae_title: str, host: str, port: int, description: str) -> None:
+def node_add(click_ctx: click.Context, site_code: str, ae_title: str, host: str, port: int, description: str,
+             cert: Path | None) -> None:
     try:
-        n = registry.add_node(_ctx(click_ctx), site_code, ae_title, host, port, description)
-    except registry.RegistryError as exc:
+        fingerprint = registry.certificate_fingerprint(cert) if cert else None
+        n = registry.add_node(_ctx(click_ctx), site_code, ae_title, host, port, description, fingerprint)
+    except (registry.RegistryError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"node {n.ae_title} added to site {site_code}")
+    click.echo(f"node {n.ae_title} added to site {site_code}" + (" (bound to its TLS certificate)" if cert else ""))
 
 
 @node.command("list")
@@ -155,7 +161,8 @@ def check(click_ctx: click.Context) -> None:
 @click.option("--site", "site_code", default="DEMO")
 @click.pass_context
 def demo(click_ctx: click.Context, site_code: str) -> None:
-    """Create a demo site (accepting unregistered loopback AEs) with synthetic studies, once."""
+    """Create a demo site (accepting unregistered loopback AEs) with synthetic studies, and a demo user whose
+    password and API token are written to the data directory (``demo-password``, ``demo-token``), once."""
     from telerad.archive.demo import load_demo
     from telerad.db.models import Study
 
@@ -164,6 +171,7 @@ def demo(click_ctx: click.Context, site_code: str) -> None:
         site_obj = registry.get_site(ctx, site_code)
     except registry.RegistryError:
         site_obj = registry.add_site(ctx, site_code, "Demo Clinic", accept_unregistered_loopback=True)
+    _demo_user(ctx, site_code)
     with ctx.db.session() as s:
         n = s.execute(select(func.count()).select_from(Study).where(Study.site_id == site_obj.id)).scalar_one()
     if n:
@@ -172,6 +180,39 @@ def demo(click_ctx: click.Context, site_code: str) -> None:
     results = load_demo(ctx, site_obj.id)
     click.echo(f"demo site {site_code}: {sum(r.ok for r in results)} instances stored")
 
+
+def _private_file(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+
+
+def _demo_user(ctx: Context, site_code: str) -> None:
+    """User ``demo`` (site staff of the demo site) with a random password and a token, kept in 0600 files."""
+    from telerad.security import tokens, users
+
+    try:
+        users.get_user(ctx, "demo")
+        return
+    except users.UserError:
+        pass
+    password = secrets.token_urlsafe(12)
+    users.add_user(ctx, "demo", ["site_staff"], [site_code], password=password, full_name="Demo user")
+    token, _ = tokens.create_token(ctx, "demo", site_code, name="demo")
+    _private_file(ctx.settings.home / "demo-password", password)
+    _private_file(ctx.settings.home / "demo-token", token)
+    click.echo(f"demo user 'demo': password in {ctx.settings.home / 'demo-password'}, "
+               f"API token in {ctx.settings.home / 'demo-token'}")
+
+
+def _register_security_commands() -> None:
+    from telerad.cli_security import audit_group, token, user
+
+    for group in (user, token, audit_group):
+        main.add_command(group)
+
+
+_register_security_commands()
 
 if __name__ == "__main__":
     main()
