@@ -3,7 +3,8 @@
 With ``http_tls_cert``/``http_tls_key`` set, HTTP is served over TLS with the BCP 195 context of
 :mod:`telerad.adapters.http.tls` (TLS 1.2 or newer, 1.3 preferred). The start and stop of the application are
 audited (PS3.15 A.5.3.1 Application Activity): the start once both listeners are up, the stop once they are
-down, durable before the process exits.
+down, durable before the process exits. With ``audit_syslog_host`` set, the audit trail is exported to that
+collector as it grows (:mod:`telerad.security.syslog`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def _application_event(ctx: Context, action: str, **details: object) -> None:
 
 def run(ctx: Context) -> None:
     from telerad.adapters.dimse.server import start_dimse
+    from telerad.security.syslog import start_exporter
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pynetdicom logs every PDU and DIMSE message at INFO; telerad logs each stored object and refusal itself.
@@ -71,6 +73,9 @@ def run(ctx: Context) -> None:
     scheme = "https" if config.ssl else "http"
     _application_event(ctx, Action.APPLICATION_START, http=f"{scheme}://{s.http_host}:{s.http_port}",
                        dicom=f"{s.dicom_host}:{s.dicom_port}", dicom_tls=bool(s.dimse_tls_cert))
+    exporter = start_exporter(ctx)  # ATNA export to the audit record repository, when configured
+    if exporter is not None:
+        log.info("audit export to %s:%d (syslog over TLS)", s.audit_syslog_host, s.audit_syslog_port)
     server = uvicorn.Server(config)
     try:
         server.run()
@@ -78,5 +83,7 @@ def run(ctx: Context) -> None:
         dimse.shutdown()
         _application_event(ctx, Action.APPLICATION_STOP, http=f"{scheme}://{s.http_host}:{s.http_port}",
                            dicom=f"{s.dicom_host}:{s.dicom_port}")
+        if exporter is not None:
+            exporter.stop()  # one last delivery attempt; what stays undelivered goes out after the next start
     if not server.started:
         raise SystemExit(STARTUP_FAILURE)

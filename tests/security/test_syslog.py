@@ -418,3 +418,35 @@ def test_start_exporter_is_off_without_a_host(ctx: Context, configure: Callable[
         assert _user_ids(receiver.wait_for(1)) == ["alice"]
     finally:
         exporter.stop()
+
+
+# -- end to end: `telerad serve` exports its own start and stop --------------------------------------------------------
+def test_telerad_serve_exports_its_audit_trail(settings, pki: Path, collector: Collector, tmp_path: Path) -> None:
+    import os
+    import signal
+    import sys
+
+    receiver = collector.up()
+    env = {**os.environ, "TELERAD_HOME": str(settings.home), "TELERAD_DATABASE_URL": settings.database_url,
+           "TELERAD_HTTP_PORT": str(settings.http_port), "TELERAD_DICOM_PORT": str(settings.dicom_port),
+           "TELERAD_AUDIT_SYSLOG_HOST": "127.0.0.1", "TELERAD_AUDIT_SYSLOG_PORT": str(collector.port),
+           "TELERAD_AUDIT_SYSLOG_CA": str(pki / "ca.crt")}
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "telerad.cli", "serve"], env=env, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT)
+
+    def event_types() -> list[str]:
+        out = []
+        for f in list(receiver.frames):
+            root = ET.fromstring(f[f.index(b"\xef\xbb\xbf") + 3:])
+            out.extend(c.get("originalText", "") for c in root.iter("EventTypeCode"))
+        return out
+
+    try:
+        _poll(lambda: "Application Start" in event_types() or proc.poll() is not None)
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    _poll(lambda: "Application Stop" in event_types())
+    assert receiver.versions and all(v in ("TLSv1.2", "TLSv1.3") for v in receiver.versions)
