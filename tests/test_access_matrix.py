@@ -234,3 +234,87 @@ def test_tokens_of_other_users_are_404(app, world):
     assert client.delete("/api/tokens/000000000000").status_code == 404
     assert world["token_id"] not in client.get("/api/tokens").text
 
+
+
+# -- DIMSE ------------------------------------------------------------------------------------------------------------
+# DICOM nodes have no roles (a node is its site's modality or PACS), so "wrong role -> 403" has no DIMSE analogue;
+# "no credentials" is an unregistered or wrongly bound calling AE title (association rejected 1/1/3, see also
+# adapters/dimse/test_association.py and test_node_binding.py), and "another site's resource" is answered as
+# if it did not exist. Storage commitment of another site's instance: test_commitment.py (failure 0x0112).
+DIMSE_SERVICES = {"VerificationServiceClass", "StorageServiceClass", "QueryRetrieveServiceClass",
+                  "StorageCommitmentServiceClass"}
+
+
+@pytest.fixture
+def dimse_world(ctx, world):
+    from telerad.adapters.dimse.server import start_dimse
+
+    registry.add_node(ctx, "GH", "GH_PACS", "127.0.0.1", 1)
+    registry.add_node(ctx, "RC", "RC_PACS", "127.0.0.1", 1)
+    server = start_dimse(ctx)
+    yield server
+    server.shutdown()
+
+
+def _service_families(server: Any) -> dict[str, str]:
+    from pynetdicom.sop_class import uid_to_service_class
+
+    out: dict[str, str] = {}
+    for cx in server.ae.supported_contexts:
+        out.setdefault(uid_to_service_class(cx.abstract_syntax).__name__, cx.abstract_syntax)
+    return out
+
+
+def _associate(ctx, calling: str, abstract_syntax: str) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(abstract_syntax)
+    return ae.associate("127.0.0.1", ctx.settings.dicom_port, ae_title=ctx.settings.ae_title)
+
+
+def test_every_dimse_service_is_in_the_matrix(dimse_world):
+    server = dimse_world
+    assert set(_service_families(server)) == DIMSE_SERVICES
+
+
+def test_unregistered_node_is_rejected_for_every_dimse_service(ctx, dimse_world):
+    server = dimse_world
+    for family, abstract_syntax in _service_families(server).items():
+        assoc = _associate(ctx, "INTRUDER", abstract_syntax)
+        assert assoc.is_rejected, family
+        rj = assoc.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (1, 1, 3), family
+
+
+def test_another_sites_node_finds_and_gets_nothing_of_gh(ctx, dimse_world, world):
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+        StudyRootQueryRetrieveInformationModelFind,
+        StudyRootQueryRetrieveInformationModelGet,
+    )
+
+    query = Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID, query.PatientID = "STUDY", world["study"], ""
+    for calling, expected in (("GH_PACS", 1), ("RC_PACS", 0)):
+        assoc = _associate(ctx, calling, StudyRootQueryRetrieveInformationModelFind)
+        assert assoc.is_established
+        matches = [i for st, i in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+                   if st and st.Status in (0xFF00, 0xFF01)]
+        assoc.release()
+        assert len(matches) == expected, calling
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="RC_PACS")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    received: list[Any] = []
+    assoc = ae.associate("127.0.0.1", ctx.settings.dicom_port, ae_title=ctx.settings.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, lambda event: received.append(event) or 0x0000)])
+    assert assoc.is_established
+    statuses = [st for st, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet) if st]
+    assoc.release()
+    assert received == [] and statuses[-1].Status in (0x0000, 0xA701, 0xC000)
+    assert getattr(statuses[-1], "NumberOfCompletedSuboperations", 0) == 0
