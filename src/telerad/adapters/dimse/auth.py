@@ -17,8 +17,10 @@ only its own site's data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import socket
 import ssl
 import threading
 import weakref
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Longer than any AE title (PS3.5 AE: 16 characters), so it never equals a calling AE title.
 _NOBODY = "\x00telerad-not-recognised"
+# PS3.8 Table 9-10: the states in which an A-ABORT request (Evt15) is defined. In Sta2 (no A-ASSOCIATE-RQ
+# yet) and Sta13 (rejected or released, awaiting the transport close) the only thing left is to close it.
+_ABORTABLE_STATES = frozenset(f"Sta{n}" for n in range(3, 13))
 
 
 def calling_ae_of(assoc: Any) -> str:
@@ -90,6 +95,22 @@ class TenantAE(AE):
     @require_calling_aet.setter
     def require_calling_aet(self, ae_titles: list[str]) -> None:  # pragma: no cover - kept for API parity
         AE.require_calling_aet.fset(self, ae_titles)  # type: ignore[attr-defined]
+
+    def shutdown(self) -> None:
+        """Stop the listeners and end every association (``AE.shutdown``), without A-ABORT requests where
+        PS3.8 defines none: a connection that never associated, or an association already rejected (for
+        instance by :meth:`admission_of`), has its transport connection closed instead."""
+        for server in self._servers[:]:
+            server.shutdown()
+        self._servers = []
+        for assoc in self.active_associations:
+            if assoc.dul.state_machine.current_state in _ABORTABLE_STATES:
+                assoc.abort()
+                continue
+            sock = getattr(assoc.dul.socket, "socket", None)
+            if sock is not None:  # the DUL reads end-of-stream: Evt17, back to Sta1
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def site_of(self, assoc: Any) -> int | None:
         """The site (tenant) id of an acceptor association, or None when it is not admitted."""
