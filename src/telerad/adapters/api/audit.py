@@ -51,7 +51,7 @@ async def search_audit(
     since: Annotated[str, Query(max_length=32, description="ISO 8601 UTC, inclusive")] = "",
     until: Annotated[str, Query(max_length=32, description="ISO 8601 UTC, exclusive")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # the largest SQL BIGINT (OFFSET)
 ) -> dict[str, Any]:
     filters = {"patient_id": patient_id, "user": user, "site": site, "action": action, "study_uid": study_uid,
                "since": since, "until": until, "limit": limit, "offset": offset}

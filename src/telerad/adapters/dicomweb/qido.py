@@ -63,8 +63,10 @@ def _int_param(request: Request, name: str) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
-        raise HTTPException(400, f"{name} must be a non-negative integer, got {raw[:40]!r}")
+    # ASCII digits only (str.isdigit() also accepts "²", which int() rejects), and at most the largest SQL
+    # BIGINT: the value goes to the database as LIMIT / OFFSET (19 digits also keep int() below its own limit).
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > 2**63 - 1:
+        raise HTTPException(400, f"{name} must be a non-negative integer below 2**63, got {raw[:40]!r}")
     return int(raw)
 
 

@@ -58,9 +58,11 @@ def _int(request: Request, name: str, low: int, high: int) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return None
-    if not raw.strip().isdigit() or not low <= int(raw) <= high:
+    value = raw.strip()
+    # ASCII digits only: str.isdigit() also accepts "²", which int() rejects (as it does 4301 digits and more)
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(high)) or not low <= int(value) <= high:
         raise HTTPException(400, f"WADO-URI: {name} must be an integer from {low} to {high}")
-    return int(raw)
+    return int(value)
 
 
 @router.get("", summary="WADO-URI retrieve (PS3.18 9)")
