@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from telerad.context import Context
 from telerad.db.models import Instance, Patient, Series, Study
@@ -156,8 +156,11 @@ def _match(attr: Attr, raw: str) -> ColumnElement[bool] | None:
         return None  # universal matching
     if attr.tag == "00080061":
         mods = [m.strip() for m in value.split("\\") if m.strip()]
-        sub = select(Series.id).where(Series.study_fk == Study.id)
-        return exists(sub.where(or_(*[_string_match(Series.modality, m, False) for m in mods])))
+        # An alias: at the series and instance levels Series is in the outer query too, and the subquery must
+        # look at all the study's series, not correlate to the outer row's own.
+        other = aliased(Series)
+        sub = select(other.id).where(other.study_fk == Study.id).correlate(Study)
+        return exists(sub.where(or_(*[_string_match(other.modality, m, False) for m in mods])))
     col = attr.column
     if attr.vr == "UI":
         uids = [u.strip() for u in value.split("\\") if u.strip()]
@@ -171,6 +174,10 @@ def _match(attr: Attr, raw: str) -> ColumnElement[bool] | None:
             nums = [int(v) for v in value.split("\\")]
         except ValueError:
             raise QueryError(f"({attr.tag[:4]},{attr.tag[4:]}) expects an integer, got {value!r}") from None
+        low, high = (0, 65535) if attr.vr == "US" else (-(2**31), 2**31 - 1)  # PS3.5 6.2 value ranges
+        if any(not low <= n <= high for n in nums):
+            raise QueryError(f"({attr.tag[:4]},{attr.tag[4:]}) {attr.vr} values lie in {low}..{high}, "
+                             f"got {value[:40]!r}")
         return col.in_(nums)
     values = value.split("\\")
     pn = attr.vr == "PN"

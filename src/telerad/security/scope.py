@@ -11,6 +11,7 @@ the permission -> :class:`Forbidden` (403); a site the caller may not use, or th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -18,6 +19,9 @@ from sqlalchemy import select
 from telerad.db.models import Site
 from telerad.db.session import Database
 from telerad.domain.access import BREAK_GLASS_GRANTS, Permission, Role, permissions_of
+
+
+_CODE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # as registry.add_site admits site codes
 
 
 class AccessError(Exception):
@@ -135,7 +139,7 @@ def resolve_site(db: Database, principal: Principal | None, permission: Permissi
             raise Forbidden("you are not a member of any site")
         raise SiteRequired("you may act for several sites: name one in the X-Telerad-Site header")
     site_id = (known or {}).get(code)
-    if site_id is None and len(code) <= 32:
+    if site_id is None and _CODE.match(code):
         with db.session() as s:
             site_id = s.execute(select(Site.id).where(Site.code == code)).scalar_one_or_none()
         if site_id is not None and known is not None:

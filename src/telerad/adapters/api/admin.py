@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from telerad.adapters.api.models import ApiModel
 from telerad.adapters.http.auth import PrincipalDep, client_address, permission
 from telerad.archive import registry
 from telerad.context import Context
@@ -24,7 +25,7 @@ UsersAdmin = Annotated[Principal, Depends(permission(Permission.USERS_MANAGE))]
 SitesAdmin = Annotated[Principal, Depends(permission(Permission.SITES_MANAGE))]
 
 
-class NewUser(BaseModel):
+class NewUser(ApiModel):
     username: str = Field(max_length=64)
     roles: list[str] = Field(max_length=10)
     sites: list[str] = Field(default_factory=list, max_length=1000)
@@ -33,7 +34,7 @@ class NewUser(BaseModel):
     email: str = Field("", max_length=254)
 
 
-class UserChange(BaseModel):
+class UserChange(ApiModel):
     roles: list[str] | None = Field(None, max_length=10)
     sites: list[str] | None = Field(None, max_length=1000)
     disabled: bool | None = None
@@ -42,7 +43,7 @@ class UserChange(BaseModel):
     unlock: bool = False
 
 
-class NewToken(BaseModel):
+class NewToken(ApiModel):
     site: str = Field(max_length=32)
     roles: list[str] | None = Field(None, max_length=10)
     name: str = Field("", max_length=100)
@@ -50,12 +51,12 @@ class NewToken(BaseModel):
     user: str | None = Field(None, max_length=64, description="Owner (admins only; default: yourself)")
 
 
-class NewSite(BaseModel):
+class NewSite(ApiModel):
     code: str = Field(max_length=32)
     name: str = Field(max_length=200)
 
 
-class NewNode(BaseModel):
+class NewNode(ApiModel):
     ae_title: str = Field(max_length=16)
     host: str = Field(max_length=255)
     port: int = Field(ge=1, le=65535)

@@ -10,9 +10,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from telerad.adapters.api.models import ApiModel
 from telerad.adapters.http.auth import CSRF_HEADER, PrincipalDep, client_address, cookie_name, permission
 from telerad.context import Context
 from telerad.domain.access import Permission
@@ -22,17 +23,17 @@ from telerad.security.scope import Forbidden, Principal, site_codes
 router = APIRouter()
 
 
-class LoginRequest(BaseModel):
+class LoginRequest(ApiModel):
     username: str = Field(max_length=64)
     password: str = Field(max_length=1024)
     totp: str | None = Field(None, max_length=12, description="6-digit code, when TOTP is enrolled")
 
 
-class TotpCode(BaseModel):
+class TotpCode(ApiModel):
     code: str = Field(max_length=12)
 
 
-class BreakGlassRequest(BaseModel):
+class BreakGlassRequest(ApiModel):
     site: str = Field(max_length=32)
     reason: str = Field(min_length=1, max_length=2000)
 

@@ -1,4 +1,7 @@
-"""Security headers on every response, and a size cap on JSON API request bodies.
+"""Security headers on every response, a size cap on JSON API request bodies, and no NUL characters.
+
+A NUL (U+0000) in a path, query or header is refused with 400 before any route sees it: no DICOM, HL7 or
+HTTP value telerad takes may carry one, and PostgreSQL text cannot hold one (JSON bodies: ``api.models``).
 
 OWASP Secure Headers: no MIME sniffing, no framing (clickjacking), no referrer leaking UIDs in URLs, a strict
 Content-Security-Policy (the API and DICOMweb serve data, not pages that load scripts), HSTS over HTTPS.
@@ -33,7 +36,10 @@ class SecurityHeadersMiddleware:
             return
         headers = _BASE + [_HSTS] if self.settings.https else _BASE
         if scope.get("path", "").startswith("/api/") and _declared_length(scope) > API_BODY_LIMIT:
-            await _too_large(send, headers)
+            await _refuse(send, headers, 413, b"request body too large for the JSON API (1 MiB)")
+            return
+        if _has_nul(scope):
+            await _refuse(send, headers, 400, b"NUL characters are not allowed in paths, queries or headers")
             return
 
         async def send_wrapper(message: Message) -> None:
@@ -56,9 +62,18 @@ def _declared_length(scope: Scope) -> int:
     return 0
 
 
-async def _too_large(send: Send, headers: list[tuple[bytes, bytes]]) -> None:
-    body = b'{"detail":"request body too large for the JSON API (1 MiB)"}'
-    await send({"type": "http.response.start", "status": 413,
+def _has_nul(scope: Scope) -> bool:
+    if "\x00" in scope.get("path", ""):
+        return True
+    query: bytes = scope.get("query_string", b"")
+    if b"\x00" in query or b"%00" in query.lower():
+        return True
+    return any(b"\x00" in value for _, value in scope.get("headers", []))
+
+
+async def _refuse(send: Send, headers: list[tuple[bytes, bytes]], status: int, message: bytes) -> None:
+    body = b'{"detail":"' + message + b'"}'
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
                 + headers})
     await send({"type": "http.response.body", "body": body})
