@@ -20,7 +20,6 @@ from telerad.db.models import Site
 from telerad.db.session import Database
 from telerad.domain.access import BREAK_GLASS_GRANTS, Permission, Role, permissions_of
 
-
 _CODE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")  # as registry.add_site admits site codes
 
 

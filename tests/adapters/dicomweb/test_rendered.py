@@ -52,7 +52,8 @@ def test_window_parameter_changes_pixels(client, ct):
 
 @pytest.mark.parametrize("params", [{"window": "40"}, {"window": "a,b,linear"}, {"window": "40,0,linear"},
                                     {"window": "40,400,cubic"}, {"quality": "0"}, {"quality": "x"},
-                                    {"viewport": "0,10"}, {"viewport": "10"}, {"viewport": "10,10,-1,0,5,5"}])
+                                    {"viewport": "0,10"}, {"viewport": "10"}, {"viewport": "10,10,-1,0,5,5"},
+                                    {"window": "nan,400"}, {"window": "40,inf"}])
 def test_invalid_rendering_parameters_are_400(client, ct, params):
     r = client.get(ct[0].path + "/rendered", params=params)
     assert r.status_code == 400, params

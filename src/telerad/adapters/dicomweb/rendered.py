@@ -10,6 +10,8 @@ series thumbnail is that of its middle image.
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from telerad.adapters.dicomweb import media
@@ -35,6 +37,8 @@ def parse_window(text: str) -> Window:
         center, width = float(parts[0]), float(parts[1])
     except ValueError:
         raise ValueError("window center and width must be numbers") from None
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise ValueError("window center and width must be finite numbers")
     function = parts[2].lower() if len(parts) == 3 and parts[2] else "linear"
     if function not in rendering.WINDOW_FUNCTIONS:
         raise ValueError(f"window function must be one of {', '.join(rendering.WINDOW_FUNCTIONS)}")
