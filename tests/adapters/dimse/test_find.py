@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from adapters.dimse.dimse_support import GH_AE, RC_AE, Dcmtk, restamp
@@ -189,10 +190,22 @@ def test_invalid_date_is_refused(dcmtk: Dcmtk, archive: Archive) -> None:
     assert "invalid date" in r.out  # Error Comment (0000,0902)
 
 
-def test_cancel_stops_the_responses(ctx: Context, dcmtk: Dcmtk, site: registry.Site, gh_node: str) -> None:
+def test_cancel_stops_the_responses(ctx: Context, dcmtk: Dcmtk, site: registry.Site, gh_node: str,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from telerad.adapters.dimse import find
+
     study = generate_uid()
     for data in ct_series(SMITH, study, "A900", 150, size=8):
         assert store(ctx, site.id, data, "fixture").ok
+    real = find.response
+
+    def slow(*args: Any) -> Any:  # 20 ms per match: the cancel surely arrives before the 150th (was flaky)
+        time.sleep(0.02)
+        return real(*args)
+
+    monkeypatch.setattr(find, "response", slow)
     r, rsps = dcmtk.find(GH_AE, "-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={study}",
                                        "SOPInstanceUID"], "--cancel", "1")
     assert r.rc == 0, r.out
