@@ -48,8 +48,12 @@ def test_non_loopback_listeners_are_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("TELERAD_HOME", str(tmp_path))
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
         assert Settings(http_host=host, dicom_host=host).http_host == host
-    with pytest.raises(ValidationError, match="no authentication"):
+    with pytest.raises(ValidationError, match="needs TLS"):
         Settings(http_host="0.0.0.0")
+    with pytest.raises(ValidationError, match="go together"):
+        Settings(http_host="0.0.0.0", http_tls_cert=tmp_path / "c.pem")
+    assert Settings(http_host="0.0.0.0", http_tls_cert=tmp_path / "c.pem",
+                    http_tls_key=tmp_path / "k.pem").http_host == "0.0.0.0"
     with pytest.raises(ValidationError, match="client certificates"):
         Settings(dicom_host="0.0.0.0")
     with pytest.raises(ValidationError, match="client certificates"):

@@ -14,6 +14,7 @@ from telerad.context import Context
 
 def test_oversized_zip_member_refused_without_inflating(tmp_path, ctx, site):
     small = Context.open(make_settings(home=tmp_path / "h2", database_url=ctx.settings.database_url,
+                                       audit_key_file=ctx.settings.audit_key_path,
                                        max_object_bytes=50_000))
     try:
         ok = ct_series(("Zip^Pat", "Z1", "19700101", "F"), generate_uid(), "A", 1, 16)[0]

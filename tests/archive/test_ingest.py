@@ -105,6 +105,7 @@ def test_rejections_have_reasons(ctx, site):
 
 def test_caps(tmp_path, site, ctx):
     small = Context.open(make_settings(home=tmp_path / "h2", database_url=ctx.settings.database_url,
+                                       audit_key_file=ctx.settings.audit_key_path,
                                        max_rows=8, max_object_bytes=10_000))
     try:
         r = store(small, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
