@@ -75,6 +75,11 @@ def test_audit_verify_and_search(settings):
     assert rows and rows[0]["details"]["user"] == "ris" and rows[0]["actor"] == "cli"
     ctx = Context.open(settings)
     try:
+        with ctx.db.engine.begin() as conn:  # as someone with DDL rights: past the append-only trigger
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("DROP TRIGGER audit_events_no_update")
+            else:
+                conn.exec_driver_sql("DROP TRIGGER audit_events_append_only ON audit_events")
         with ctx.db.session(write=True) as s:
             s.execute(update(AuditEvent).where(AuditEvent.seq == 1).values(site_code="XX"))
     finally:

@@ -15,6 +15,16 @@ from telerad.security import audit
 from telerad.security.audit import Action, Event
 
 
+def _allow_tampering(ctx: Context) -> None:
+    """What an attacker with DDL rights would do first: drop the append-only triggers."""
+    with ctx.db.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("DROP TRIGGER audit_events_no_update")
+            conn.exec_driver_sql("DROP TRIGGER audit_events_no_delete")
+        else:
+            conn.exec_driver_sql("DROP TRIGGER audit_events_append_only ON audit_events")
+
+
 def _fill(ctx: Context, n: int) -> None:
     for i in range(n):
         ctx.audit.record(Event(Action.QUERY, actor_type="user", actor=f"u{i % 3}", source="127.0.0.1",
@@ -52,8 +62,20 @@ def test_a_second_process_on_the_same_database_extends_the_same_chain(ctx, setti
     assert report.ok and report.checked == 15, report.problems
 
 
+def test_the_database_refuses_to_change_or_delete_audit_records(ctx):
+    from sqlalchemy.exc import DatabaseError
+
+    _fill(ctx, 2)
+    with pytest.raises(DatabaseError, match="append-only"), ctx.db.session(write=True) as s:
+        s.execute(update(AuditEvent).where(AuditEvent.seq == 1).values(actor="x"))
+    with pytest.raises(DatabaseError, match="append-only"), ctx.db.session(write=True) as s:
+        s.execute(delete(AuditEvent).where(AuditEvent.seq == 2))
+    assert _verify(ctx).ok
+
+
 def test_changed_record_is_detected(ctx):
     _fill(ctx, 10)
+    _allow_tampering(ctx)
     with ctx.db.session(write=True) as s:
         s.execute(update(AuditEvent).where(AuditEvent.seq == 4).values(actor="someone-else"))
     report = _verify(ctx)
@@ -64,6 +86,7 @@ def test_changed_record_is_detected(ctx):
 def test_changed_record_with_recomputed_plain_hash_is_still_detected(ctx):
     # An attacker with database access but without the key cannot produce a valid MAC.
     _fill(ctx, 3)
+    _allow_tampering(ctx)
     with ctx.db.session(write=True) as s:
         row = s.execute(select(AuditEvent).where(AuditEvent.seq == 3)).scalar_one()
         row.outcome = 0
@@ -75,6 +98,7 @@ def test_changed_record_with_recomputed_plain_hash_is_still_detected(ctx):
 
 def test_removed_record_is_detected(ctx):
     _fill(ctx, 10)
+    _allow_tampering(ctx)
     with ctx.db.session(write=True) as s:
         s.execute(delete(AuditEvent).where(AuditEvent.seq == 5))
     problems = _verify(ctx).problems
@@ -83,6 +107,7 @@ def test_removed_record_is_detected(ctx):
 
 def test_reordered_records_are_detected(ctx):
     _fill(ctx, 10)
+    _allow_tampering(ctx)
     with ctx.db.session(write=True) as s:
         a = s.execute(select(AuditEvent).where(AuditEvent.seq == 3)).scalar_one()
         b = s.execute(select(AuditEvent).where(AuditEvent.seq == 7)).scalar_one()
@@ -97,6 +122,7 @@ def test_reordered_records_are_detected(ctx):
 
 def test_removing_the_newest_records_is_detected(ctx):
     _fill(ctx, 10)
+    _allow_tampering(ctx)
     with ctx.db.session(write=True) as s:
         s.execute(delete(AuditEvent).where(AuditEvent.seq >= 9))
     problems = _verify(ctx).problems
