@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -120,10 +120,36 @@ def _n(ds: object, keyword: str) -> int | None:
         return None
 
 
+# Statements of the common path (the series exists), built once: executed on the session's connection
+# they skip the ORM and reuse SQLAlchemy's compiled-statement cache without rebuilding a statement per call.
+# One lookup gives the series, its study's UID and the blob key of an instance already stored under the UID.
+_EXISTING = (
+    select(Instance.blob_key)
+    .where(Instance.site_id == bindparam("p_site_id"), Instance.sop_uid == bindparam("p_sop_uid"))
+)
+_SERIES_AND_EXISTING = (
+    select(Series.id, Series.study_fk, Study.study_uid, _EXISTING.scalar_subquery())
+    .join(Study, Series.study_fk == Study.id)
+    .where(Series.site_id == bindparam("p_site_id"), Series.series_uid == bindparam("p_series_uid"))
+)
+_INSERT_INSTANCE = insert(Instance)
+_BUMP_SERIES = (
+    update(Series).where(Series.id == bindparam("p_series_id")).values(num_instances=Series.num_instances + 1)
+)
+_BUMP_STUDY = (
+    update(Study).where(Study.id == bindparam("p_study_id")).values(num_instances=Study.num_instances + 1)
+)
+
+
 def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: int, source: str) -> StoreResult:
-    existing = session.execute(
-        select(Instance.blob_key).where(Instance.site_id == site_id, Instance.sop_uid == obj.sop_instance_uid)
-    ).scalar_one_or_none()
+    conn = session.connection()
+    # Common case first: the series exists already (one indexed lookup gives series, study and duplicate).
+    row = conn.execute(_SERIES_AND_EXISTING, {
+        "p_site_id": site_id, "p_sop_uid": obj.sop_instance_uid, "p_series_uid": obj.series_uid}).first()
+    if row is None:
+        existing = conn.execute(_EXISTING, {"p_site_id": site_id, "p_sop_uid": obj.sop_instance_uid}).scalar()
+    else:
+        existing = row[3]
     if existing is not None:
         if existing == key:
             return _result(obj, Outcome.DUPLICATE)
@@ -134,39 +160,36 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
                        "the first copy was kept")
 
     ds = obj.dataset
-    # Common case first: the series exists already (one indexed lookup gives series and study).
-    row = session.execute(
-        select(Series.id, Series.study_fk, Study.study_uid).join(Study, Series.study_fk == Study.id)
-        .where(Series.site_id == site_id, Series.series_uid == obj.series_uid)
-    ).first()
     new_series = row is None
     if row is None:
         series_id, study_id = _new_series(session, site_id, obj)
     else:
-        series_id, study_id, stored_study_uid = row
+        series_id, study_id, stored_study_uid = row[0], row[1], row[2]
         if stored_study_uid != obj.study_uid:
             return _result(obj, Outcome.REJECTED, DATASET_MISMATCH,
                            f"series {obj.series_uid} already belongs to another study")
-    session.execute(insert(Instance).values(
-        site_id=site_id, series_fk=series_id, sop_uid=obj.sop_instance_uid, sop_class_uid=obj.sop_class_uid,
-        instance_number=_n(ds, "InstanceNumber"), transfer_syntax_uid=obj.transfer_syntax_uid,
-        rows=_n(ds, "Rows"), columns=_n(ds, "Columns"), number_of_frames=obj.number_of_frames,
-        blob_key=key, size=size, metadata_json=json.dumps(obj.metadata, separators=(",", ":")),
-        frames_json=json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
-        source_ae=source[:64],
-    ))
-    session.execute(update(Series).where(Series.id == series_id).values(num_instances=Series.num_instances + 1))
-    values: dict[str, object] = {"num_instances": Study.num_instances + 1}
-    if new_series:
-        values["num_series"] = Study.num_series + 1
-        # Row lock (PostgreSQL; SQLite holds the database write lock already): two new series of one study
-        # arriving together must not lose a modality.
-        current = session.execute(
-            select(Study.modalities).where(Study.id == study_id).with_for_update()).scalar_one()
-        modalities = [m for m in current.split("\\") if m]
-        modality = _s(ds, "Modality", 16)
-        if modality and modality not in modalities:
-            values["modalities"] = "\\".join(sorted([*modalities, modality]))
+    conn.execute(_INSERT_INSTANCE, {
+        "site_id": site_id, "series_fk": series_id, "sop_uid": obj.sop_instance_uid,
+        "sop_class_uid": obj.sop_class_uid, "instance_number": _n(ds, "InstanceNumber"),
+        "transfer_syntax_uid": obj.transfer_syntax_uid, "rows": _n(ds, "Rows"), "columns": _n(ds, "Columns"),
+        "number_of_frames": obj.number_of_frames, "blob_key": key, "size": size,
+        "metadata_json": json.dumps(obj.metadata, separators=(",", ":")),
+        "frames_json": json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
+        "source_ae": source[:64],
+    })
+    conn.execute(_BUMP_SERIES, {"p_series_id": series_id})
+    if not new_series:
+        conn.execute(_BUMP_STUDY, {"p_study_id": study_id})
+        return _result(obj, Outcome.STORED)
+    values: dict[str, object] = {"num_instances": Study.num_instances + 1, "num_series": Study.num_series + 1}
+    # Row lock (PostgreSQL; SQLite holds the database write lock already): two new series of one study
+    # arriving together must not lose a modality.
+    current = session.execute(
+        select(Study.modalities).where(Study.id == study_id).with_for_update()).scalar_one()
+    modalities = [m for m in current.split("\\") if m]
+    modality = _s(ds, "Modality", 16)
+    if modality and modality not in modalities:
+        values["modalities"] = "\\".join(sorted([*modalities, modality]))
     session.execute(update(Study).where(Study.id == study_id).values(**values))
     return _result(obj, Outcome.STORED)
 
