@@ -174,3 +174,38 @@ def test_zero_frames_refused(ctx, site):
     raw = _edited(ct_series(PATIENT, generate_uid(), "A1", 1, 16)[0], NumberOfFrames=0)
     r = store(ctx, site.id, raw)
     assert r.status == CANNOT_UNDERSTAND and "Number of Frames" in r.reason
+
+
+def test_concurrent_stores_of_one_new_study_keep_counts_and_modalities(ctx, site):
+    """Several associations send one new study at once: the losers of the patient/study/series insert race
+    retry, a duplicate sent twice is stored once, and counts and modalities add up."""
+    import threading
+
+    from telerad.archive.demo import cr_image
+
+    study = generate_uid()
+    objects = ct_series(PATIENT, study, "A1", 4, 16) + ct_series(PATIENT, study, "A1", 4, 16)
+    objects += [cr_image(PATIENT, study, "A1") for _ in range(2)]
+    batches = [objects[i::4] + [objects[0]] for i in range(4)]  # objects[0] sent by every thread
+    barrier = threading.Barrier(len(batches))
+    results: list = []
+
+    def send(batch: list[bytes]) -> None:
+        barrier.wait()
+        results.extend(store(ctx, site.id, raw) for raw in batch)
+
+    threads = [threading.Thread(target=send, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r.ok for r in results), [r.reason for r in results if not r.ok]
+    assert sum(r.outcome is Outcome.STORED for r in results) == len(objects)
+    with ctx.db.session() as s:
+        st = s.execute(select(Study)).scalar_one()
+        per_series = s.execute(
+            select(Series.num_instances, select(func.count()).where(Instance.series_fk == Series.id)
+                   .scalar_subquery())).all()
+    assert (st.num_series, st.num_instances, st.modalities) == (4, len(objects), "CR\\CT")
+    assert all(n == actual for n, actual in per_series) and len(per_series) == 4
+    assert count(ctx, Patient) == 1

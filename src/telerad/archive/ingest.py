@@ -11,9 +11,8 @@ import json
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, Insert, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
 
 from telerad.archive.errors import (
     DATASET_MISMATCH,
@@ -73,8 +72,8 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
 
     for attempt in range(5):
         try:
-            with ctx.db.session(write=True) as session:
-                return _index(session, site_id, obj, key, size, source)
+            with ctx.db.write_connection() as conn:
+                return _index(conn, site_id, obj, key, size, source)
         except (IntegrityError, OperationalError) as exc:
             # A concurrent association created the same patient/study/series first: retry sees it.
             log.info("index race on %s (attempt %d): %s", obj.sop_instance_uid, attempt + 1, exc)
@@ -120,8 +119,8 @@ def _n(ds: object, keyword: str) -> int | None:
         return None
 
 
-# Statements of the common path (the series exists), built once: executed on the session's connection
-# they skip the ORM and reuse SQLAlchemy's compiled-statement cache without rebuilding a statement per call.
+# Statements of the common path (the series exists), built once: Core statements on a bare connection skip
+# the ORM and reuse SQLAlchemy's compiled-statement cache without rebuilding a statement per call.
 # One lookup gives the series, its study's UID and the blob key of an instance already stored under the UID.
 _EXISTING = (
     select(Instance.blob_key)
@@ -141,8 +140,7 @@ _BUMP_STUDY = (
 )
 
 
-def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: int, source: str) -> StoreResult:
-    conn = session.connection()
+def _index(conn: Connection, site_id: int, obj: ParsedObject, key: str, size: int, source: str) -> StoreResult:
     # Common case first: the series exists already (one indexed lookup gives series, study and duplicate).
     row = conn.execute(_SERIES_AND_EXISTING, {
         "p_site_id": site_id, "p_sop_uid": obj.sop_instance_uid, "p_series_uid": obj.series_uid}).first()
@@ -153,8 +151,9 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
     if existing is not None:
         if existing == key:
             return _result(obj, Outcome.DUPLICATE)
-        session.add(StoreConflict(site_id=site_id, sop_uid=obj.sop_instance_uid, kept_blob_key=existing,
-                                  received_sha256=key, received_size=size, source=source[:64]))
+        conn.execute(insert(StoreConflict).values(
+            site_id=site_id, sop_uid=obj.sop_instance_uid, kept_blob_key=existing, received_sha256=key,
+            received_size=size, source=source[:64]))
         return _result(obj, Outcome.CONFLICT, DUPLICATE_SOP_INSTANCE,
                        "an instance with this SOP Instance UID and different content is already stored; "
                        "the first copy was kept")
@@ -162,7 +161,7 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
     ds = obj.dataset
     new_series = row is None
     if row is None:
-        series_id, study_id = _new_series(session, site_id, obj)
+        series_id, study_id = _new_series(conn, site_id, obj)
     else:
         series_id, study_id, stored_study_uid = row[0], row[1], row[2]
         if stored_study_uid != obj.study_uid:
@@ -184,56 +183,58 @@ def _index(session: Session, site_id: int, obj: ParsedObject, key: str, size: in
     values: dict[str, object] = {"num_instances": Study.num_instances + 1, "num_series": Study.num_series + 1}
     # Row lock (PostgreSQL; SQLite holds the database write lock already): two new series of one study
     # arriving together must not lose a modality.
-    current = session.execute(
+    current = conn.execute(
         select(Study.modalities).where(Study.id == study_id).with_for_update()).scalar_one()
     modalities = [m for m in current.split("\\") if m]
     modality = _s(ds, "Modality", 16)
     if modality and modality not in modalities:
         values["modalities"] = "\\".join(sorted([*modalities, modality]))
-    session.execute(update(Study).where(Study.id == study_id).values(**values))
+    conn.execute(update(Study).where(Study.id == study_id).values(**values))
     return _result(obj, Outcome.STORED)
 
 
-def _new_series(session: Session, site_id: int, obj: ParsedObject) -> tuple[int, int]:
+def _new_series(conn: Connection, site_id: int, obj: ParsedObject) -> tuple[int, int]:
     """Create the series (and its study and patient when new); return (series id, study id)."""
     ds = obj.dataset
-    study_id = session.execute(
+    study_id = conn.execute(
         select(Study.id).where(Study.site_id == site_id, Study.study_uid == obj.study_uid)
     ).scalar_one_or_none()
     if study_id is None:
-        patient = _patient(session, site_id, ds)
-        study = Study(
-            site_id=site_id, patient_fk=patient.id, study_uid=obj.study_uid,
+        patient_id = _patient(conn, site_id, ds)
+        study_id = _insert(conn, insert(Study).values(
+            site_id=site_id, patient_fk=patient_id, study_uid=obj.study_uid,
             study_date=_da(ds, "StudyDate"), study_time=_tm(ds, "StudyTime"),
             accession_number=_s(ds, "AccessionNumber", 16), study_id=_s(ds, "StudyID", 16),
             description=_s(ds, "StudyDescription", 64), referring_physician=_s(ds, "ReferringPhysicianName", 324),
             attributes_json=level_json(obj.metadata, STUDY_TAGS), num_series=0, num_instances=0, modalities="",
-        )
-        session.add(study)
-        session.flush()
-        study_id = study.id
-    series = Series(
+        ))
+    series_id = _insert(conn, insert(Series).values(
         site_id=site_id, study_fk=study_id, series_uid=obj.series_uid, modality=_s(ds, "Modality", 16),
         series_number=_n(ds, "SeriesNumber"), description=_s(ds, "SeriesDescription", 64),
         body_part=_s(ds, "BodyPartExamined", 16),
         pps_start_date=_da(ds, "PerformedProcedureStepStartDate"),
         pps_start_time=_tm(ds, "PerformedProcedureStepStartTime"),
         attributes_json=level_json(obj.metadata, SERIES_TAGS), num_instances=0,
-    )
-    session.add(series)
-    session.flush()
-    return series.id, study_id
+    ))
+    return series_id, study_id
 
 
-def _patient(session: Session, site_id: int, ds: object) -> Patient:
+def _patient(conn: Connection, site_id: int, ds: object) -> int:
+    """The patient's row id, the row created when new."""
     pid, issuer = _s(ds, "PatientID", 64), _s(ds, "IssuerOfPatientID", 64)
-    patient = session.execute(
-        select(Patient).where(Patient.site_id == site_id, Patient.patient_id == pid, Patient.issuer == issuer)
+    patient_id = conn.execute(
+        select(Patient.id).where(Patient.site_id == site_id, Patient.patient_id == pid, Patient.issuer == issuer)
     ).scalar_one_or_none()
-    if patient is None:
-        patient = Patient(site_id=site_id, patient_id=pid, issuer=issuer,
-                          patient_name=_s(ds, "PatientName", 324), birth_date=_da(ds, "PatientBirthDate"),
-                          sex=_s(ds, "PatientSex", 16))
-        session.add(patient)
-        session.flush()
-    return patient
+    if patient_id is None:
+        patient_id = _insert(conn, insert(Patient).values(
+            site_id=site_id, patient_id=pid, issuer=issuer, patient_name=_s(ds, "PatientName", 324),
+            birth_date=_da(ds, "PatientBirthDate"), sex=_s(ds, "PatientSex", 16),
+        ))
+    return int(patient_id)
+
+
+def _insert(conn: Connection, stmt: Insert) -> int:
+    """Insert one row; its new primary key."""
+    key = conn.execute(stmt).inserted_primary_key
+    assert key is not None
+    return int(key[0])

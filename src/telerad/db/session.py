@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -61,6 +61,16 @@ class Database:
             raise
         finally:
             s.close()
+
+    @contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A write transaction on a bare connection, for Core statements where an ORM session's bookkeeping
+        would cost more than the statements (ingest): committed when the block ends, rolled back if it raises.
+        """
+        with self.engine.connect() as conn:
+            conn.execution_options(telerad_write=True)
+            with conn.begin():
+                yield conn
 
     def analyze(self) -> None:
         """Refresh the query planner's statistics.
