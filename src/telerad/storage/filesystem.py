@@ -28,6 +28,7 @@ class FileSystemStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
+        self._tmp = str(self.root / "tmp")
 
     def path(self, key: str) -> Path:
         if not _KEY.match(key):
@@ -41,7 +42,7 @@ class FileSystemStore:
         """Store the concatenated chunks durably; return (sha256 hex, size). Idempotent for equal content."""
         h = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="in-")
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="in-")
         try:
             with os.fdopen(fd, "wb") as f:
                 for chunk in chunks:
@@ -51,16 +52,7 @@ class FileSystemStore:
                 f.flush()
                 os.fsync(f.fileno())
             key = h.hexdigest()
-            dest = self.path(key)
-            if dest.exists():
-                os.unlink(tmp)
-                return key, size
-            if not dest.parent.exists():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(dest.parent.parent)  # the new fan-out directories must survive a crash too
-                _fsync_dir(self.root)
-            os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            self._place(tmp, key)
             return key, size
         except BaseException:
             if os.path.exists(tmp):
@@ -68,7 +60,36 @@ class FileSystemStore:
             raise
 
     def put(self, data: bytes) -> tuple[str, int]:
-        return self.put_chunks([data])
+        """:meth:`put_chunks` for bytes in memory: hashed first, so content already stored is not written again
+        (a stored blob was fsync'd before it was renamed into place)."""
+        key = hashlib.sha256(data).hexdigest()
+        if self.path(key).exists():
+            return key, len(data)
+        fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="in-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self._place(tmp, key)
+            return key, len(data)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def _place(self, tmp: str, key: str) -> None:
+        """Rename the fsync'd temporary file ``tmp`` to the blob ``key`` and make the rename durable."""
+        dest = self.path(key)
+        if dest.exists():
+            os.unlink(tmp)
+            return
+        if not dest.parent.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(dest.parent.parent)  # the new fan-out directories must survive a crash too
+            _fsync_dir(self.root)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
 
     def open(self, key: str) -> BinaryIO:
         return open(self.path(key), "rb")
