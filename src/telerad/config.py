@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     dimse_max_associations: int = 32
     dimse_max_pdu: int = 262_144
     dimse_timeout: float = 60.0
+    # Serve store-only associations on the lean path (adapters/dimse/lean.py); False: pynetdicom serves all.
+    dimse_lean_store: bool = True
     dimse_tls_cert: Path | None = None
     dimse_tls_key: Path | None = None
     dimse_tls_ca: Path | None = Field(None, description="CA bundle; set to require client certificates")

@@ -109,8 +109,12 @@ class DimseAudit:
 
     def association_ended(self, event: Any) -> None:
         """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE: record the association's C-STORE counts (once)."""
+        self.ended(event.assoc)
+
+    def ended(self, assoc: Any) -> None:
+        """The association ended (released, aborted or dropped): record its C-STORE counts (once)."""
         with self._lock:
-            tally = self._tallies.get(event.assoc)
+            tally = self._tallies.get(assoc)
         if tally is not None:
             self._flush(tally)
 

@@ -44,12 +44,18 @@ _ABORTABLE_STATES = frozenset(f"Sta{n}" for n in range(3, 13))
 
 def calling_ae_of(assoc: Any) -> str:
     """The Calling AE Title of the A-ASSOCIATE-RQ (PS3.8 9.3.2), without padding."""
+    lean = getattr(assoc, "calling_ae_title", None)  # a :class:`.lean.LeanAssociation`
+    if isinstance(lean, str):
+        return lean
     primitive = assoc.requestor.primitive
     return str((primitive.calling_ae_title if primitive else "") or assoc.requestor.ae_title or "").strip()
 
 
 def peer_address(assoc: Any) -> str:
     """The peer's IP address as the listener saw it."""
+    lean = getattr(assoc, "peer_ip", None)  # a :class:`.lean.LeanAssociation`
+    if isinstance(lean, str):
+        return lean
     return str(assoc.requestor.address or "")
 
 

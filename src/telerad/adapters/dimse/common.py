@@ -9,7 +9,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from telerad.adapters.dimse.audit import DimseAudit, Peer
-from telerad.adapters.dimse.auth import TenantAE
+from telerad.adapters.dimse.auth import TenantAE, calling_ae_of
 from telerad.context import Context
 
 NOT_AUTHORISED = 0x0124  # PS3.7 C.5: Refused: not authorized (general status)
@@ -33,7 +33,7 @@ class Runtime:
         return self.ae.site_of(event.assoc)
 
     def calling_ae(self, event: Any) -> str:
-        return str(event.assoc.requestor.ae_title or "").strip()
+        return calling_ae_of(event.assoc)
 
     def peer(self, event: Any) -> Peer:
         """The calling node of the event's association, as audit records name it."""

@@ -37,7 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from pynetdicom.transport import ThreadedAssociationServer
 
-from telerad.adapters.dimse import rawsend, sockets
+from telerad.adapters.dimse import lean, rawsend, sockets
 from telerad.adapters.dimse.audit import DimseAudit
 from telerad.adapters.dimse.auth import TenantAE
 from telerad.adapters.dimse.commitment import handle_n_action
@@ -87,7 +87,10 @@ def prefer_requestor_order(event: Any) -> None:
 
 
 class _Server(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with the TLS handshake moved from the accept loop to the connection thread."""
+    """pynetdicom's threaded server, with the TLS handshake moved from the accept loop to the connection thread,
+    and store-only associations over plain TCP served by :mod:`.lean` on that thread."""
+
+    lean: lean.LeanAssociations | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -106,6 +109,14 @@ class _Server(ThreadedAssociationServer):
                 with contextlib.suppress(OSError):
                     request.close()
                 return
+        elif self.lean is not None:
+            request_primitive = lean.peek_request(request, self.ae.acse_timeout or TLS_HANDSHAKE_TIMEOUT)
+            if request_primitive is not None:
+                try:
+                    self.lean.serve(request, client_address, request_primitive)
+                finally:
+                    self.shutdown_request(request)
+                return
         super().process_request_thread(request, client_address)
 
 
@@ -115,6 +126,7 @@ class DimseServer:
     def __init__(self, ae: TenantAE, server: _Server, executor: ThreadPoolExecutor) -> None:
         self.ae = ae
         self.server = server
+        self.lean = server.lean
         self._executor = executor
 
     @property
@@ -123,6 +135,8 @@ class DimseServer:
         return str(host), int(port)
 
     def shutdown(self) -> None:
+        if self.lean is not None:  # first: closing the listener waits for the connection threads
+            self.lean.shutdown()
         self.ae.shutdown()  # stops every server of the AE, then aborts the active associations
         self._executor.shutdown(wait=True, cancel_futures=True)
 
@@ -172,6 +186,8 @@ def start_dimse(ctx: Context) -> DimseServer:
                             server_class=_Server)
     assert isinstance(server, _Server)
     server.contexts = sockets.cheap_copies(server.contexts)
+    if s.dimse_lean_store:
+        server.lean = lean.LeanAssociations(rt, STORAGE_TRANSFER_SYNTAXES)
     thread = threading.Thread(target=server.serve_forever, name=f"dimse-{s.dicom_port}", daemon=True)
     thread.start()
     ae._servers.append(server)  # as AE.start_server does: counted for maximum_associations, stopped by shutdown

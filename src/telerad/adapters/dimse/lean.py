@@ -1,0 +1,362 @@
+"""The lean Storage SCP: associations that only store objects (and echo), served without pynetdicom's reactors.
+
+Why: a sending modality or PACS opens an association, proposes Storage SOP Classes and sends C-STORE after
+C-STORE. pynetdicom runs two polling threads per association (1 ms sleeps), reads sockets 4 KB at a time and
+passes every PDU through queues; profiled during CT ingest that was a third of the server's samples and
+several milliseconds of latency per object. This path reads each PDU with ``recv_into`` into one buffer,
+hands the received Data Set to the same handler as before (:func:`.storage.handle_store`, hence the same
+:func:`telerad.archive.ingest.store`, the same audit counts) and answers on the same thread.
+
+Which associations: the listener peeks at the A-ASSOCIATE-RQ (``MSG_PEEK``, nothing consumed) and serves it
+here only when every proposed abstract syntax is a Storage SOP Class or Verification and no SCP/SCU Role
+Selection is asked for (PS3.7 D.3.3.4); everything else (Q/R, Storage Commitment, C-GET requestors, TLS
+connections, anything unparsable) goes to pynetdicom untouched, with the request still unread.
+
+Negotiation (PS3.8 9.3.2-9.3.4, 9.3.3.2) is the same as :mod:`.server`'s: application context
+``1.2.840.10008.3.1.1.1`` or rejection (1, 1, 2); the calling AE title admitted by the node registry
+(:mod:`.auth`) or rejection (1, 1, 3), audited; the association limit shared with pynetdicom's associations
+or rejection (2, 3, 2); per presentation context the requestor's first transfer syntax that telerad accepts.
+Protocol errors answer an A-ABORT (source 2, PS3.8 Table 9-26) and close; an A-ABORT from the peer or a
+dropped connection just close. Each C-STORE is answered only after the handler returned, i.e. after the
+object is durable (or with its failure status). An object larger than ``max_object_bytes`` is not buffered:
+its remaining fragments are read and dropped, and the C-STORE answered 0xA700.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
+from pynetdicom import AllStoragePresentationContexts
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    ImplementationVersionNameNotification,
+    MaximumLengthNotification,
+    SCP_SCU_RoleSelectionNegotiation,
+)
+from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext
+
+from telerad.adapters.dimse import ul
+from telerad.adapters.dimse.common import Runtime
+from telerad.adapters.dimse.common import status as _status
+from telerad.adapters.dimse.storage import handle_echo, handle_store
+from telerad.archive.errors import OUT_OF_RESOURCES
+
+log = logging.getLogger(__name__)
+
+VERIFICATION = "1.2.840.10008.1.1"
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+MAX_REQUEST_BYTES = 1 << 20  # an A-ASSOCIATE-RQ larger than this goes to pynetdicom (and its limits)
+C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
+UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5.7
+SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.8
+_MSG_PEEK_ALL = socket.MSG_PEEK | socket.MSG_WAITALL
+
+
+def peek_request(sock: socket.socket, timeout: float) -> A_ASSOCIATE | None:
+    """The A-ASSOCIATE-RQ waiting on ``sock``, decoded but left unread, when this path should serve it."""
+    sock.settimeout(timeout)
+    try:
+        head = sock.recv(ul.PDU_HEADER.size, _MSG_PEEK_ALL)
+        if len(head) < ul.PDU_HEADER.size:
+            return None
+        pdu_type, length = ul.PDU_HEADER.unpack(head)
+        if pdu_type != ul.ASSOCIATE_RQ or length > MAX_REQUEST_BYTES:
+            return None
+        data = sock.recv(ul.PDU_HEADER.size + length, _MSG_PEEK_ALL)
+        if len(data) < ul.PDU_HEADER.size + length:
+            return None
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(data)
+        request = pdu.to_primitive()
+    except Exception:  # whatever it is, pynetdicom answers it as it always did
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(None)
+    return request if servable(request) else None
+
+
+def servable(request: A_ASSOCIATE) -> bool:
+    contexts = request.presentation_context_definition_list
+    if not contexts or any(isinstance(i, SCP_SCU_RoleSelectionNegotiation) for i in request.user_information):
+        return False
+    return all(str(cx.abstract_syntax) in STORAGE_SOP_CLASSES or str(cx.abstract_syntax) == VERIFICATION
+               for cx in contexts)
+
+
+def negotiate(proposed: list[PresentationContext], storage_syntaxes: frozenset[str]) -> list[PresentationContext]:
+    """PS3.8 9.3.3.2: accept each context with the requestor's first transfer syntax that telerad accepts."""
+    results = []
+    for cx in proposed:
+        abstract = str(cx.abstract_syntax)
+        ours = DEFAULT_TRANSFER_SYNTAXES if abstract == VERIFICATION else storage_syntaxes
+        out = PresentationContext()
+        out.context_id = cx.context_id
+        out.abstract_syntax = UID(abstract)
+        chosen = next((str(t) for t in cx.transfer_syntax if str(t) in ours), None)
+        if chosen is None:
+            out.result = 0x04  # transfer-syntaxes-not-supported
+            out.transfer_syntax = [UID(str(cx.transfer_syntax[0]))] if cx.transfer_syntax else []
+        else:
+            out.result = 0x00
+            out.transfer_syntax = [UID(chosen)]
+        results.append(out)
+    return results
+
+
+class LeanAssociations:
+    """The lean associations of one listener: counted against its association limit, ended at shutdown."""
+
+    def __init__(self, rt: Runtime, storage_syntaxes: list[str]) -> None:
+        self.rt = rt
+        self.storage_syntaxes = frozenset(storage_syntaxes)
+        self._active: set[LeanAssociation] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.served = 0  # connections taken by this path (for tests and diagnostics)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def serve(self, sock: socket.socket, address: tuple[str, int], request: A_ASSOCIATE) -> None:
+        assoc = LeanAssociation(self, sock, address, request)
+        with self._lock:
+            if self._closed:
+                return
+            self._active.add(assoc)
+            self.served += 1
+        try:
+            assoc.run()
+        finally:
+            with self._lock:
+                self._active.discard(assoc)
+
+    def shutdown(self) -> None:
+        """End every lean association: its socket is shut down, its thread reads end-of-stream and stops."""
+        with self._lock:
+            self._closed = True
+            active = list(self._active)
+        for assoc in active:
+            with contextlib.suppress(OSError):
+                assoc.sock.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass
+class _Pending:
+    """A C-STORE-RQ whose Data Set is still arriving."""
+
+    context_id: int
+    command: dict[int, bytes]
+    parts: list[bytes]
+    size: int = 0
+    overflow: bool = False
+
+
+class LeanStoreEvent:
+    """What :func:`.storage.handle_store` and :func:`.storage.handle_echo` read from a pynetdicom event."""
+
+    def __init__(self, assoc: LeanAssociation, part10: tuple[FileMetaDataset, list[bytes]] | None = None) -> None:
+        self.assoc = assoc
+        self._part10 = part10
+
+    def encoded_dataset(self) -> bytes:
+        """The received Data Set as a Part 10 object, as pynetdicom's ``Event.encoded_dataset`` builds it."""
+        assert self._part10 is not None
+        meta, parts = self._part10
+        return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), *parts))
+
+
+class LeanAssociation:
+    """One association on the lean path, served on the listener's connection thread."""
+
+    def __init__(self, owner: LeanAssociations, sock: socket.socket, address: tuple[str, int],
+                 request: A_ASSOCIATE) -> None:
+        self.owner = owner
+        self.rt = owner.rt
+        self.sock = sock
+        self.request = request
+        # Read by :mod:`.auth` (calling_ae_of, peer_address) for admission and audit records.
+        self.calling_ae_title = str(request.calling_ae_title or "").strip()
+        self.peer_ip = str(address[0])
+        self.accepted: dict[int, tuple[str, str]] = {}  # context id -> (abstract syntax, transfer syntax)
+        self.peer_max = int(request.maximum_length_received or 0)
+        settings = self.rt.ctx.settings
+        self.max_pdu = settings.dimse_max_pdu
+        self.max_object = settings.max_object_bytes
+        self._command_parts: list[bytes] = []
+        self._pending: _Pending | None = None
+
+    # -- association ---------------------------------------------------------------------------------------
+    def run(self) -> None:
+        s = self.rt.ctx.settings
+        try:
+            self.sock.settimeout(s.dimse_timeout)
+            ul.read_pdu(self.sock, MAX_REQUEST_BYTES)  # the A-ASSOCIATE-RQ peeked at, now consumed
+            if not self._associate():
+                return
+            how = self._transfer()
+            log.debug("lean association from %s %s", self.calling_ae_title, how)
+        except ul.ProtocolError as exc:
+            log.warning("aborting association from %s at %s: %s", self.calling_ae_title, self.peer_ip, exc)
+            self._send(ul.abort_pdu(exc.reason))
+        except TimeoutError:
+            log.warning("aborting association from %s at %s: no PDU for %s s", self.calling_ae_title,
+                        self.peer_ip, s.dimse_timeout)
+            self._send(ul.abort_pdu())
+        except (ul.PeerClosed, OSError) as exc:
+            log.info("association from %s at %s dropped: %s", self.calling_ae_title, self.peer_ip, exc)
+        finally:
+            if self.accepted:
+                self.rt.audit.ended(self)
+
+    def _associate(self) -> bool:
+        request = self.request
+        if str(request.application_context_name or "") != APPLICATION_CONTEXT:
+            self._reject(0x01, 0x01, 0x02)  # application-context-name-not-supported
+            return False
+        if self.rt.ae.site_of(self) is None:  # admission decided (and a refusal audited) once
+            self._reject(0x01, 0x01, 0x03)  # calling-AE-title-not-recognized
+            return False
+        active = self.owner.count() + sum(1 for a in self.rt.ae.active_associations if a.is_acceptor)
+        if active > self.rt.ae.maximum_associations:
+            self._reject(0x02, 0x03, 0x02)  # transient, presentation related, local-limit-exceeded
+            return False
+        results = negotiate(request.presentation_context_definition_list, self.owner.storage_syntaxes)
+        self.accepted = {int(cx.context_id or 0): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                         for cx in results if cx.result == 0x00}
+        accept = A_ASSOCIATE()
+        accept.application_context_name = UID(APPLICATION_CONTEXT)
+        accept.calling_ae_title = request.calling_ae_title
+        accept.called_ae_title = request.called_ae_title
+        accept.result, accept.result_source = 0x00, 0x01
+        accept.presentation_context_definition_results_list = results
+        max_length = MaximumLengthNotification()
+        max_length.maximum_length_received = self.max_pdu
+        class_uid = ImplementationClassUIDNotification()
+        class_uid.implementation_class_uid = self.rt.ae.implementation_class_uid
+        version = ImplementationVersionNameNotification()
+        version.implementation_version_name = self.rt.ae.implementation_version_name
+        accept.user_information = [max_length, class_uid, version]
+        pdu = A_ASSOCIATE_AC()
+        pdu.from_primitive(accept)
+        self.sock.sendall(pdu.encode())
+        return True
+
+    def _reject(self, result: int, source: int, diagnostic: int) -> None:
+        reject = A_ASSOCIATE()
+        reject.result, reject.result_source, reject.diagnostic = result, source, diagnostic
+        pdu = A_ASSOCIATE_RJ()
+        pdu.from_primitive(reject)
+        self._send(pdu.encode())
+
+    def _transfer(self) -> str:
+        # PS3.8 D.1: PDUs may not exceed the Maximum Length Received telerad announced (0: no limit).
+        limit = self.max_pdu or max(self.max_object, 1 << 20) + (1 << 16)
+        while True:
+            pdu_type, body = ul.read_pdu(self.sock, limit)
+            if pdu_type == ul.P_DATA_TF:
+                for context_id, control, fragment in ul.pdvs(body):
+                    self._pdv(context_id, control, fragment)
+            elif pdu_type == ul.RELEASE_RQ:
+                if self._pending is not None:
+                    raise ul.ProtocolError(ul.UNEXPECTED_PDU, "A-RELEASE-RQ while a Data Set was arriving")
+                self.sock.sendall(ul.RELEASE_RP_PDU)
+                return "released"
+            elif pdu_type == ul.ABORT_RQ:
+                return "aborted by the peer"
+            else:
+                raise ul.ProtocolError(ul.UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
+
+    def _send(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.sendall(data)
+
+    # -- DIMSE ---------------------------------------------------------------------------------------------
+    def _pdv(self, context_id: int, control: int, fragment: memoryview) -> None:
+        if context_id not in self.accepted:
+            raise ul.ProtocolError(ul.INVALID_PARAMETER, f"presentation context {context_id} was not accepted")
+        pending = self._pending
+        if control & 1:  # command fragment (PS3.8 E.2)
+            if pending is not None:
+                raise ul.ProtocolError(ul.UNEXPECTED_PDU, "command fragment while a Data Set was arriving")
+            self._command_parts.append(bytes(fragment))
+            if control & 2:
+                command = ul.decode_command(b"".join(self._command_parts))
+                self._command_parts = []
+                if ul.command_us(command, ul.COMMAND_DATA_SET_TYPE) == ul.NO_DATA_SET:
+                    self._dispatch(context_id, command, None)
+                else:
+                    self._pending = _Pending(context_id, command, [])
+            return
+        if pending is None or pending.context_id != context_id:
+            raise ul.ProtocolError(ul.UNEXPECTED_PDU, "Data Set fragment without its command")
+        pending.size += len(fragment)
+        if pending.size > self.max_object:
+            pending.overflow, pending.parts = True, []
+        elif not pending.overflow:
+            pending.parts.append(bytes(fragment))
+        if control & 2:
+            self._pending = None
+            self._dispatch(context_id, pending.command, pending)
+
+    def _dispatch(self, context_id: int, command: dict[int, bytes], data: _Pending | None) -> None:
+        field = ul.command_us(command, ul.COMMAND_FIELD)
+        message_id = ul.command_us(command, ul.MESSAGE_ID) or 0
+        abstract, transfer_syntax = self.accepted[context_id]
+        sop_class = ul.command_text(command, ul.AFFECTED_SOP_CLASS_UID)
+        if field == C_CANCEL_RQ:
+            return
+        if field is None or field & 0x8000:
+            raise ul.ProtocolError(ul.INVALID_PARAMETER, "command set without a request Command Field")
+        if field == C_ECHO_RQ and data is None:
+            self._respond(context_id, field, message_id, abstract, None, handle_echo(LeanStoreEvent(self), self.rt))
+            return
+        if field != C_STORE_RQ or data is None:
+            self._respond(context_id, field, message_id, sop_class or abstract, None,
+                          _status(UNRECOGNISED_OPERATION, "only C-STORE and C-ECHO on this association"))
+            return
+        instance = ul.command_text(command, ul.AFFECTED_SOP_INSTANCE_UID)
+        if sop_class != abstract:
+            code: int | Dataset = _status(SOP_CLASS_NOT_SUPPORTED,
+                                          "Affected SOP Class UID differs from the presentation context")
+        elif data.overflow:
+            self.rt.audit.stored(self, None, OUT_OF_RESOURCES)
+            code = _status(OUT_OF_RESOURCES, f"object exceeds the maximum of {self.max_object} bytes")
+        else:
+            meta = create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(instance),
+                                    transfer_syntax=UID(transfer_syntax))
+            code = handle_store(LeanStoreEvent(self, (meta, data.parts)), self.rt)
+        self._respond(context_id, field, message_id, sop_class, instance, code)
+
+    def _respond(self, context_id: int, field: int, message_id: int, sop_class: str, instance: str | None,
+                 code: int | Dataset) -> None:
+        """The response to a request (PS3.7 9.3.1.2, 9.3.5.2; Command Field with bit 15 set)."""
+        elements: dict[int, int | str] = {
+            ul.COMMAND_FIELD: field | 0x8000, ul.MESSAGE_ID_BEING_RESPONDED_TO: message_id,
+            ul.COMMAND_DATA_SET_TYPE: ul.NO_DATA_SET,
+        }
+        if sop_class:
+            elements[ul.AFFECTED_SOP_CLASS_UID] = sop_class
+        if instance:
+            elements[ul.AFFECTED_SOP_INSTANCE_UID] = instance
+        if isinstance(code, Dataset):
+            elements[ul.STATUS] = int(code.Status)
+            comment = code.get("ErrorComment")
+            if comment:
+                elements[ul.ERROR_COMMENT] = str(comment)
+        else:
+            elements[ul.STATUS] = code
+        command = ul.encode_command(elements)
+        self.sock.sendall(b"".join(ul.p_data_pdus(context_id, command, command=True, peer_max=self.peer_max)))
+
