@@ -1,6 +1,7 @@
-"""The lean Storage SCP (adapters/dimse/lean.py): which associations it serves, and how it answers fragmented
-PDUs, oversize objects, unsupported commands and protocol errors. Peers: pynetdicom as SCU, and raw sockets for
-what no well-behaved SCU sends. (DCMTK storescu/echoscu go through this path in test_store/test_association.)"""
+"""The lean path (adapters/dimse/lean.py, lean_get.py): which associations it serves, and how it answers
+fragmented PDUs, oversize objects, unsupported commands, protocol errors and C-GET. Peers: pynetdicom as SCU,
+and raw sockets for what no well-behaved SCU sends. (DCMTK storescu/echoscu/getscu take this path in
+test_store, test_association and test_retrieve.)"""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from io import BytesIO
 import pydicom
 import pytest
 from adapters.dimse.dimse_support import GH_AE
-from pydicom.dataset import Dataset
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
@@ -23,12 +27,15 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 from sqlalchemy import select
 
+from telerad.adapters.dimse.lean_get import data_set_offset
 from telerad.adapters.dimse.server import DimseServer, start_dimse
 from telerad.archive.demo import ct_series
+from telerad.archive.ingest import store
 from telerad.context import Context
 from telerad.db.models import Instance
 
@@ -250,3 +257,89 @@ def test_shutdown_ends_lean_associations(ctx: Context, gh_node: str) -> None:
         assert server.lean.count() == 0
     finally:
         sock.close()
+
+
+# -- C-GET (adapters/dimse/lean_get.py) ------------------------------------------------------------------------
+def _get_scu(ctx: Context, storage: list[tuple[str, list[str]]], received: list[Dataset]) -> object:
+    def on_store(event: object) -> int:
+        received.append(event.dataset)  # type: ignore[attr-defined]
+        return 0x0000
+
+    ae = AE(ae_title=GH_AE)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for sop_class, syntaxes in storage:
+        ae.add_requested_context(sop_class, syntaxes)
+        roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate("127.0.0.1", ctx.settings.dicom_port, ae_title=ctx.settings.ae_title,
+                         ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    return assoc
+
+
+def _study_identifier(study_uid: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study_uid
+    return ds
+
+
+def test_get_reports_pending_counts_and_the_failed_instances(ctx: Context, dimse: DimseServer, gh_node: str,
+                                                             site: object) -> None:
+    """Two CT slices the requestor can take, one JPEG object it cannot (no context for its transfer syntax):
+    Pending responses count down, the final status is 0xB000 with the JPEG in the Failed SOP Instance UID List."""
+    study = generate_uid()
+    ct = ct_series(PATIENT, study, "ACC", 2, size=32)
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    jpeg.StudyInstanceUID, jpeg.SOPInstanceUID = study, generate_uid()
+    jpeg.file_meta.MediaStorageSOPInstanceUID = jpeg.SOPInstanceUID
+    buf = BytesIO()
+    jpeg.save_as(buf, enforce_file_format=True)
+    for blob in [*ct, buf.getvalue()]:
+        assert store(ctx, site.id, blob, "fixture").ok  # type: ignore[attr-defined]
+    received: list[Dataset] = []
+    assoc = _get_scu(ctx, [(CTImageStorage, [ExplicitVRLittleEndian]),
+                           (jpeg.SOPClassUID, [ExplicitVRLittleEndian])], received)
+    responses = list(assoc.send_c_get(_study_identifier(study),  # type: ignore[attr-defined]
+                                      "1.2.840.10008.5.1.4.1.2.2.3"))
+    assoc.release()  # type: ignore[attr-defined]
+    statuses = [(rsp.Status, rsp.get("NumberOfRemainingSuboperations")) for rsp, _ in responses]
+    assert statuses[:-1] == [(0xFF00, 2), (0xFF00, 1)]
+    final, identifier = responses[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert identifier.FailedSOPInstanceUIDList == jpeg.SOPInstanceUID
+    sent = {pydicom.dcmread(BytesIO(b)).SOPInstanceUID: pydicom.dcmread(BytesIO(b)) for b in ct}
+    assert {ds.SOPInstanceUID for ds in received} == set(sent)
+    for ds in received:
+        assert ds.PixelData == sent[ds.SOPInstanceUID].PixelData
+
+
+def test_get_identifier_without_its_unique_key_is_refused_with_a_reason(ctx: Context, dimse: DimseServer,
+                                                                        gh_node: str) -> None:
+    received: list[Dataset] = []
+    assoc = _get_scu(ctx, [(CTImageStorage, [ExplicitVRLittleEndian])], received)
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.PatientName = "Lean*"
+    [(rsp, _)] = list(assoc.send_c_get(identifier, "1.2.840.10008.5.1.4.1.2.2.3"))  # type: ignore[attr-defined]
+    assoc.release()  # type: ignore[attr-defined]
+    assert rsp.Status == 0xC000
+    assert "needs (0020,000D)" in rsp.ErrorComment
+    assert received == []
+
+
+def test_data_set_offset_walks_the_file_meta_without_a_group_length() -> None:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.FileMetaInformationVersion = b"\x00\x01"  # OB: a long-form element
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_file_meta_info(buf, meta, enforce_standard=False)  # no (0002,0000)
+    encoded = bytes(buf.getvalue())
+    assert encoded[:4] != b"\x02\x00\x00\x00"
+    body = b"\x08\x00\x16\x00UI\x02\x001\x00"
+    part10 = b"\x00" * 128 + b"DICM" + encoded + body
+    assert part10[data_set_offset(part10):] == body

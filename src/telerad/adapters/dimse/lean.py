@@ -1,4 +1,4 @@
-"""The lean Storage SCP: associations that only store objects (and echo), served without pynetdicom's reactors.
+"""The lean path: associations that store, echo or C-GET, served without pynetdicom's reactors.
 
 Why: a sending modality or PACS opens an association, proposes Storage SOP Classes and sends C-STORE after
 C-STORE. pynetdicom runs two polling threads per association (1 ms sleeps), reads sockets 4 KB at a time and
@@ -8,9 +8,10 @@ hands the received Data Set to the same handler as before (:func:`.storage.handl
 :func:`telerad.archive.ingest.store`, the same audit counts) and answers on the same thread.
 
 Which associations: the listener peeks at the A-ASSOCIATE-RQ (``MSG_PEEK``, nothing consumed) and serves it
-here only when every proposed abstract syntax is a Storage SOP Class or Verification and no SCP/SCU Role
-Selection is asked for (PS3.7 D.3.3.4); everything else (Q/R, Storage Commitment, C-GET requestors, TLS
-connections, anything unparsable) goes to pynetdicom untouched, with the request still unread.
+here when no proposed abstract syntax needs pynetdicom's service classes (Q/R FIND and MOVE, Storage
+Commitment): sending modalities (Storage, Verification) and C-GET requestors (Q/R GET plus storage contexts
+with SCP/SCU Role Selection, PS3.7 D.3.3.4; the C-GET SCP is :mod:`.lean_get`). Everything else, TLS
+connections and anything unparsable go to pynetdicom untouched, with the request still unread.
 
 Negotiation (PS3.8 9.3.2-9.3.4, 9.3.3.2) is the same as :mod:`.server`'s: application context
 ``1.2.840.10008.3.1.1.1`` or rejection (1, 1, 2); the calling AE title admitted by the node registry
@@ -28,6 +29,7 @@ import contextlib
 import logging
 import socket
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -47,6 +49,7 @@ from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationConte
 from telerad.adapters.dimse import ul
 from telerad.adapters.dimse.common import Runtime
 from telerad.adapters.dimse.common import status as _status
+from telerad.adapters.dimse.lean_get import serve_get
 from telerad.adapters.dimse.storage import handle_echo, handle_store
 from telerad.archive.errors import OUT_OF_RESOURCES
 
@@ -55,14 +58,17 @@ log = logging.getLogger(__name__)
 VERIFICATION = "1.2.840.10008.1.1"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
+GET_MODELS = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})  # Patient, Study Root
+SERVED = STORAGE_SOP_CLASSES | GET_MODELS | {VERIFICATION}
 MAX_REQUEST_BYTES = 1 << 20  # an A-ASSOCIATE-RQ larger than this goes to pynetdicom (and its limits)
-C_STORE_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0030, 0x0FFF
+C_STORE_RQ, C_GET_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0010, 0x0030, 0x0FFF
 UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5.7
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.8
+_SEND_BATCH = 1 << 20  # bytes of P-DATA-TF PDUs handed to one sendall
 _MSG_PEEK_ALL = socket.MSG_PEEK | socket.MSG_WAITALL
 
 
-def peek_request(sock: socket.socket, timeout: float) -> A_ASSOCIATE | None:
+def peek_request(sock: socket.socket, timeout: float, elsewhere: frozenset[str]) -> A_ASSOCIATE | None:
     """The A-ASSOCIATE-RQ waiting on ``sock``, decoded but left unread, when this path should serve it."""
     sock.settimeout(timeout)
     try:
@@ -83,15 +89,15 @@ def peek_request(sock: socket.socket, timeout: float) -> A_ASSOCIATE | None:
     finally:
         with contextlib.suppress(OSError):
             sock.settimeout(None)
-    return request if servable(request) else None
+    return request if servable(request, elsewhere) else None
 
 
-def servable(request: A_ASSOCIATE) -> bool:
+def servable(request: A_ASSOCIATE, elsewhere: frozenset[str]) -> bool:
+    """No proposed abstract syntax is one that only pynetdicom serves (``elsewhere``: Q/R FIND and MOVE,
+    Storage Commitment). Store-only and C-GET associations qualify; abstract syntaxes telerad does not support
+    at all (DCMTK tools propose retired storage classes) are rejected per context on either path."""
     contexts = request.presentation_context_definition_list
-    if not contexts or any(isinstance(i, SCP_SCU_RoleSelectionNegotiation) for i in request.user_information):
-        return False
-    return all(str(cx.abstract_syntax) in STORAGE_SOP_CLASSES or str(cx.abstract_syntax) == VERIFICATION
-               for cx in contexts)
+    return bool(contexts) and not any(str(cx.abstract_syntax) in elsewhere for cx in contexts)
 
 
 def negotiate(proposed: list[PresentationContext], storage_syntaxes: frozenset[str]) -> list[PresentationContext]:
@@ -99,12 +105,15 @@ def negotiate(proposed: list[PresentationContext], storage_syntaxes: frozenset[s
     results = []
     for cx in proposed:
         abstract = str(cx.abstract_syntax)
-        ours = DEFAULT_TRANSFER_SYNTAXES if abstract == VERIFICATION else storage_syntaxes
+        ours = storage_syntaxes if abstract in STORAGE_SOP_CLASSES else DEFAULT_TRANSFER_SYNTAXES
         out = PresentationContext()
         out.context_id = cx.context_id
         out.abstract_syntax = UID(abstract)
         chosen = next((str(t) for t in cx.transfer_syntax if str(t) in ours), None)
-        if chosen is None:
+        if abstract not in SERVED:
+            out.result = 0x03  # abstract-syntax-not-supported
+            out.transfer_syntax = [UID(str(cx.transfer_syntax[0]))] if cx.transfer_syntax else []
+        elif chosen is None:
             out.result = 0x04  # transfer-syntaxes-not-supported
             out.transfer_syntax = [UID(str(cx.transfer_syntax[0]))] if cx.transfer_syntax else []
         else:
@@ -120,6 +129,8 @@ class LeanAssociations:
     def __init__(self, rt: Runtime, storage_syntaxes: list[str]) -> None:
         self.rt = rt
         self.storage_syntaxes = frozenset(storage_syntaxes)
+        # Abstract syntaxes the listener supports that this path does not serve: such associations go to pynetdicom.
+        self.elsewhere = frozenset(str(cx.abstract_syntax) for cx in rt.ae.supported_contexts) - SERVED
         self._active: set[LeanAssociation] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -153,14 +164,18 @@ class LeanAssociations:
 
 
 @dataclass
-class _Pending:
-    """A C-STORE-RQ whose Data Set is still arriving."""
+class Message:
+    """A DIMSE message: its presentation context, command set and Data Set fragments (None: no Data Set)."""
 
     context_id: int
     command: dict[int, bytes]
-    parts: list[bytes]
+    parts: list[bytes] | None
     size: int = 0
-    overflow: bool = False
+    overflow: bool = False  # the Data Set exceeded max_object_bytes and was dropped
+
+
+class Ended(Exception):
+    """The peer released or aborted the association."""
 
 
 class LeanStoreEvent:
@@ -194,8 +209,13 @@ class LeanAssociation:
         settings = self.rt.ctx.settings
         self.max_pdu = settings.dimse_max_pdu
         self.max_object = settings.max_object_bytes
+        # PS3.8 D.1: PDUs may not exceed the Maximum Length Received telerad announced (0: no limit).
+        self._limit = self.max_pdu or max(self.max_object, 1 << 20) + (1 << 16)
         self._command_parts: list[bytes] = []
-        self._pending: _Pending | None = None
+        self._pending: Message | None = None
+        self._messages: deque[Message] = deque()
+        self.sub_op_contexts: dict[tuple[str, str], int] = {}  # (SOP Class, TS) -> context for C-GET sub-ops
+        self._message_id = 0
 
     # -- association ---------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -205,8 +225,10 @@ class LeanAssociation:
             ul.read_pdu(self.sock, MAX_REQUEST_BYTES)  # the A-ASSOCIATE-RQ peeked at, now consumed
             if not self._associate():
                 return
-            how = self._transfer()
-            log.debug("lean association from %s %s", self.calling_ae_title, how)
+            while True:
+                self._dispatch(self.next_message())
+        except Ended as end:
+            log.debug("lean association from %s %s", self.calling_ae_title, end)
         except ul.ProtocolError as exc:
             log.warning("aborting association from %s at %s: %s", self.calling_ae_title, self.peer_ip, exc)
             self._send(ul.abort_pdu(exc.reason))
@@ -247,11 +269,29 @@ class LeanAssociation:
         class_uid.implementation_class_uid = self.rt.ae.implementation_class_uid
         version = ImplementationVersionNameNotification()
         version.implementation_version_name = self.rt.ae.implementation_version_name
-        accept.user_information = [max_length, class_uid, version]
+        accept.user_information = [max_length, class_uid, version, *self._roles(results)]
         pdu = A_ASSOCIATE_AC()
         pdu.from_primitive(accept)
         self.sock.sendall(pdu.encode())
         return True
+
+    def _roles(self, results: list[PresentationContext]) -> list[SCP_SCU_RoleSelectionNegotiation]:
+        """PS3.7 D.3.3.4: telerad takes either role for storage, so each proposed role selection is accepted as
+        proposed. Contexts on which the requestor is SCP carry the C-STORE sub-operations of a C-GET."""
+        answers = []
+        for item in self.request.user_information:
+            if not isinstance(item, SCP_SCU_RoleSelectionNegotiation) or str(item.sop_class_uid) not in SERVED:
+                continue
+            answer = SCP_SCU_RoleSelectionNegotiation()
+            answer.sop_class_uid = item.sop_class_uid
+            answer.scu_role, answer.scp_role = bool(item.scu_role), bool(item.scp_role)
+            answers.append(answer)
+            if item.scp_role:
+                for cx in results:
+                    if cx.result == 0x00 and str(cx.abstract_syntax) == str(item.sop_class_uid):
+                        key = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                        self.sub_op_contexts.setdefault(key, int(cx.context_id or 0))
+        return answers
 
     def _reject(self, result: int, source: int, diagnostic: int) -> None:
         reject = A_ASSOCIATE()
@@ -260,29 +300,29 @@ class LeanAssociation:
         pdu.from_primitive(reject)
         self._send(pdu.encode())
 
-    def _transfer(self) -> str:
-        # PS3.8 D.1: PDUs may not exceed the Maximum Length Received telerad announced (0: no limit).
-        limit = self.max_pdu or max(self.max_object, 1 << 20) + (1 << 16)
-        while True:
-            pdu_type, body = ul.read_pdu(self.sock, limit)
-            if pdu_type == ul.P_DATA_TF:
-                for context_id, control, fragment in ul.pdvs(body):
-                    self._pdv(context_id, control, fragment)
-            elif pdu_type == ul.RELEASE_RQ:
-                if self._pending is not None:
-                    raise ul.ProtocolError(ul.UNEXPECTED_PDU, "A-RELEASE-RQ while a Data Set was arriving")
-                self.sock.sendall(ul.RELEASE_RP_PDU)
-                return "released"
-            elif pdu_type == ul.ABORT_RQ:
-                return "aborted by the peer"
-            else:
-                raise ul.ProtocolError(ul.UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
-
     def _send(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
             self.sock.sendall(data)
 
-    # -- DIMSE ---------------------------------------------------------------------------------------------
+    # -- DIMSE messages (PS3.7 6.3.1, PS3.8 E.2) -------------------------------------------------------------
+    def next_message(self) -> Message:
+        """The next complete DIMSE message from the peer; :class:`Ended` when it releases or aborts."""
+        while not self._messages:
+            pdu_type, body = ul.read_pdu(self.sock, self._limit)
+            if pdu_type == ul.P_DATA_TF:
+                for context_id, control, fragment in ul.pdvs(body):
+                    self._pdv(context_id, control, fragment)
+            elif pdu_type == ul.RELEASE_RQ:
+                if self._pending is not None or self._command_parts:
+                    raise ul.ProtocolError(ul.UNEXPECTED_PDU, "A-RELEASE-RQ inside a DIMSE message")
+                self.sock.sendall(ul.RELEASE_RP_PDU)
+                raise Ended("released")
+            elif pdu_type == ul.ABORT_RQ:
+                raise Ended("aborted by the peer")
+            else:
+                raise ul.ProtocolError(ul.UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
+        return self._messages.popleft()
+
     def _pdv(self, context_id: int, control: int, fragment: memoryview) -> None:
         if context_id not in self.accepted:
             raise ul.ProtocolError(ul.INVALID_PARAMETER, f"presentation context {context_id} was not accepted")
@@ -295,11 +335,11 @@ class LeanAssociation:
                 command = ul.decode_command(b"".join(self._command_parts))
                 self._command_parts = []
                 if ul.command_us(command, ul.COMMAND_DATA_SET_TYPE) == ul.NO_DATA_SET:
-                    self._dispatch(context_id, command, None)
+                    self._messages.append(Message(context_id, command, None))
                 else:
-                    self._pending = _Pending(context_id, command, [])
+                    self._pending = Message(context_id, command, [])
             return
-        if pending is None or pending.context_id != context_id:
+        if pending is None or pending.context_id != context_id or pending.parts is None:
             raise ul.ProtocolError(ul.UNEXPECTED_PDU, "Data Set fragment without its command")
         pending.size += len(fragment)
         if pending.size > self.max_object:
@@ -308,55 +348,79 @@ class LeanAssociation:
             pending.parts.append(bytes(fragment))
         if control & 2:
             self._pending = None
-            self._dispatch(context_id, pending.command, pending)
+            self._messages.append(pending)
 
-    def _dispatch(self, context_id: int, command: dict[int, bytes], data: _Pending | None) -> None:
+    def _dispatch(self, message: Message) -> None:
+        command, context_id = message.command, message.context_id
         field = ul.command_us(command, ul.COMMAND_FIELD)
         message_id = ul.command_us(command, ul.MESSAGE_ID) or 0
         abstract, transfer_syntax = self.accepted[context_id]
         sop_class = ul.command_text(command, ul.AFFECTED_SOP_CLASS_UID)
-        if field == C_CANCEL_RQ:
+        if field == C_CANCEL_RQ:  # nothing of this association is in progress any more
             return
         if field is None or field & 0x8000:
             raise ul.ProtocolError(ul.INVALID_PARAMETER, "command set without a request Command Field")
-        if field == C_ECHO_RQ and data is None:
-            self._respond(context_id, field, message_id, abstract, None, handle_echo(LeanStoreEvent(self), self.rt))
+        if field == C_ECHO_RQ and message.parts is None:
+            self.respond(context_id, field, message_id, {ul.STATUS: handle_echo(LeanStoreEvent(self), self.rt)},
+                         sop_class=abstract)
             return
-        if field != C_STORE_RQ or data is None:
-            self._respond(context_id, field, message_id, sop_class or abstract, None,
-                          _status(UNRECOGNISED_OPERATION, "only C-STORE and C-ECHO on this association"))
+        if field == C_GET_RQ and message.parts is not None and abstract in GET_MODELS:
+            serve_get(self, message, message_id, abstract, transfer_syntax)
+            return
+        if field != C_STORE_RQ or message.parts is None or abstract not in STORAGE_SOP_CLASSES:
+            self.respond(context_id, field, message_id,
+                         _status_elements(_status(UNRECOGNISED_OPERATION, "not supported on this association")),
+                         sop_class=sop_class or abstract)
             return
         instance = ul.command_text(command, ul.AFFECTED_SOP_INSTANCE_UID)
         if sop_class != abstract:
             code: int | Dataset = _status(SOP_CLASS_NOT_SUPPORTED,
                                           "Affected SOP Class UID differs from the presentation context")
-        elif data.overflow:
+        elif message.overflow:
             self.rt.audit.stored(self, None, OUT_OF_RESOURCES)
             code = _status(OUT_OF_RESOURCES, f"object exceeds the maximum of {self.max_object} bytes")
         else:
             meta = create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(instance),
                                     transfer_syntax=UID(transfer_syntax))
-            code = handle_store(LeanStoreEvent(self, (meta, data.parts)), self.rt)
-        self._respond(context_id, field, message_id, sop_class, instance, code)
+            code = handle_store(LeanStoreEvent(self, (meta, message.parts)), self.rt)
+        self.respond(context_id, field, message_id, _status_elements(code), sop_class=sop_class, instance=instance)
 
-    def _respond(self, context_id: int, field: int, message_id: int, sop_class: str, instance: str | None,
-                 code: int | Dataset) -> None:
-        """The response to a request (PS3.7 9.3.1.2, 9.3.5.2; Command Field with bit 15 set)."""
-        elements: dict[int, int | str] = {
-            ul.COMMAND_FIELD: field | 0x8000, ul.MESSAGE_ID_BEING_RESPONDED_TO: message_id,
-            ul.COMMAND_DATA_SET_TYPE: ul.NO_DATA_SET,
-        }
+    def respond(self, context_id: int, field: int, message_id: int, elements: dict[int, int | str], *,
+                sop_class: str = "", instance: str = "", data_set: bytes | None = None) -> None:
+        """The response to a request (PS3.7 9.3, 10.3; Command Field with bit 15 set)."""
+        elements = {**elements, ul.COMMAND_FIELD: field | 0x8000, ul.MESSAGE_ID_BEING_RESPONDED_TO: message_id,
+                    ul.COMMAND_DATA_SET_TYPE: ul.NO_DATA_SET if data_set is None else 0x0001}
         if sop_class:
             elements[ul.AFFECTED_SOP_CLASS_UID] = sop_class
         if instance:
             elements[ul.AFFECTED_SOP_INSTANCE_UID] = instance
-        if isinstance(code, Dataset):
-            elements[ul.STATUS] = int(code.Status)
-            comment = code.get("ErrorComment")
-            if comment:
-                elements[ul.ERROR_COMMENT] = str(comment)
-        else:
-            elements[ul.STATUS] = code
-        command = ul.encode_command(elements)
-        self.sock.sendall(b"".join(ul.p_data_pdus(context_id, command, command=True, peer_max=self.peer_max)))
+        self.send_message(context_id, ul.encode_command(elements), data_set)
 
+    def send_message(self, context_id: int, command: bytes, data_set: bytes | memoryview | None) -> None:
+        pdus = list(ul.p_data_pdus(context_id, command, command=True, peer_max=self.peer_max))
+        if data_set is None:
+            self.sock.sendall(b"".join(pdus))
+            return
+        batch, size = pdus, 0
+        for pdu in ul.p_data_pdus(context_id, data_set, command=False, peer_max=self.peer_max):
+            batch.append(pdu)
+            size += len(pdu)
+            if size >= _SEND_BATCH:
+                self.sock.sendall(b"".join(batch))
+                batch, size = [], 0
+        if batch:
+            self.sock.sendall(b"".join(batch))
+
+    def next_message_id(self) -> int:
+        self._message_id = self._message_id % 0xFFFF + 1
+        return self._message_id
+
+
+def _status_elements(code: int | Dataset) -> dict[int, int | str]:
+    if not isinstance(code, Dataset):
+        return {ul.STATUS: code}
+    elements: dict[int, int | str] = {ul.STATUS: int(code.Status)}
+    comment = code.get("ErrorComment")
+    if comment:
+        elements[ul.ERROR_COMMENT] = str(comment)
+    return elements

@@ -11,6 +11,9 @@ files are sent byte for byte (:mod:`.rawsend`) in C-STORE sub-operations:
   contexts propose each instance's stored SOP Class and Transfer Syntax, so nothing is transcoded.
 - C-GET: over the same association, with the storage contexts the requestor negotiated with SCP/SCU role
   selection (PS3.4 C.4.3.1.3, PS3.7 D.3.3.4).
+  Over plain TCP a C-GET association is served by :mod:`.lean_get` instead (same selection, same audit
+  records, sent without pynetdicom's per-PDU queues); this handler serves C-GET over TLS and on associations
+  that also propose FIND or MOVE.
 
 Sub-operation counts and the final status (0x0000, 0xB000 with Failed SOP Instance UID List, 0xA702 when all
 failed, 0xFE00 after C-CANCEL) follow PS3.4 C.4.2.1.4-5 / C.4.3.1.3 and are kept by pynetdicom.
@@ -157,7 +160,10 @@ class _RetrieveRecord:
     def settle(self, inst: StoredInstance, item: Dataset) -> None:
         """Count the sub-operation that sent ``item`` by its C-STORE response's category, as pynetdicom does
         (an unknown status, an exception or no response is a failure)."""
-        code = sent_status(item)
+        self.settle_status(inst, sent_status(item))
+
+    def settle_status(self, inst: StoredInstance, code: int | None) -> None:
+        """Count a sub-operation by the Status of its C-STORE response (None: not sent or no response)."""
         category = STORAGE_SERVICE_CLASS_STATUS.get(code, (STATUS_FAILURE, ""))[0] if code is not None \
             else STATUS_FAILURE
         counts = self.studies.setdefault(inst.study_uid, _StudyTransfer())

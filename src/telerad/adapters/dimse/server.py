@@ -110,7 +110,8 @@ class _Server(ThreadedAssociationServer):
                     request.close()
                 return
         elif self.lean is not None:
-            request_primitive = lean.peek_request(request, self.ae.acse_timeout or TLS_HANDSHAKE_TIMEOUT)
+            request_primitive = lean.peek_request(request, self.ae.acse_timeout or TLS_HANDSHAKE_TIMEOUT,
+                                                  self.lean.elsewhere)
             if request_primitive is not None:
                 try:
                     self.lean.serve(request, client_address, request_primitive)

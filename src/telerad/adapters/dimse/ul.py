@@ -82,7 +82,7 @@ def pdvs(body: bytearray) -> Iterator[tuple[int, int, memoryview]]:
         pos += 4 + length
 
 
-def p_data_pdus(context_id: int, data: bytes, *, command: bool, peer_max: int) -> Iterator[bytes]:
+def p_data_pdus(context_id: int, data: bytes | memoryview, *, command: bool, peer_max: int) -> Iterator[bytes]:
     """P-DATA-TF PDUs carrying ``data`` in fragments that fit the peer's Maximum Length Received
     (PS3.8 D.1: the variable field of a P-DATA-TF; 0 means no limit), one PDV each (PS3.8 E.2 control
     header: bit 0 command, bit 1 last fragment)."""
@@ -106,10 +106,12 @@ AFFECTED_SOP_CLASS_UID = 0x0002
 COMMAND_FIELD = 0x0100
 MESSAGE_ID = 0x0110
 MESSAGE_ID_BEING_RESPONDED_TO = 0x0120
+PRIORITY = 0x0700
 COMMAND_DATA_SET_TYPE = 0x0800
 STATUS = 0x0900
 ERROR_COMMENT = 0x0902
 AFFECTED_SOP_INSTANCE_UID = 0x1000
+REMAINING, COMPLETED, FAILED, WARNING = 0x1020, 0x1021, 0x1022, 0x1023  # Number of ... Sub-operations
 NO_DATA_SET = 0x0101
 
 
