@@ -20,17 +20,34 @@ from telerad.security.audit import Action, Event
 
 log = logging.getLogger(__name__)
 ANALYZE_EVERY_S = 600.0
+CHECK_GROWTH_EVERY_S = 60.0
+GROWTH_MIN_ROWS = 1000
 STARTUP_FAILURE = 3  # the exit status uvicorn.run uses when the server did not start
 
 
 def _keep_statistics_fresh(ctx: Context) -> None:
-    """Re-plan as the index grows (see :meth:`telerad.db.session.Database.analyze`)."""
+    """Re-plan as the index grows (see :meth:`telerad.db.session.Database.analyze`): every minute, when the
+    number of instances grew by a quarter (through this server or an import by another process) since the
+    last ANALYZE, and at least every ``ANALYZE_EVERY_S``."""
+    last_count, last_at = _instance_count(ctx), time.monotonic()
     while True:
-        time.sleep(ANALYZE_EVERY_S)
+        time.sleep(CHECK_GROWTH_EVERY_S)
         try:
-            ctx.db.analyze()
+            count = _instance_count(ctx)
+            grown = count - last_count >= max(GROWTH_MIN_ROWS, last_count // 4)
+            if grown or time.monotonic() - last_at >= ANALYZE_EVERY_S:
+                ctx.db.analyze()
+                last_count, last_at = count, time.monotonic()
         except Exception:  # never let statistics upkeep take the server down
             log.exception("ANALYZE failed")
+
+
+def _instance_count(ctx: Context) -> int:
+    try:
+        return ctx.db.count_instances()
+    except Exception:
+        log.exception("cannot count instances")
+        return 0
 
 
 def http_config(ctx: Context) -> uvicorn.Config:

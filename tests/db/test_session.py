@@ -29,3 +29,42 @@ def test_analyze_records_statistics(ctx, site):
             tables = {r[0] for r in conn.execute(text(
                 "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL"))}
     assert {"patients", "studies", "instances"} <= tables
+
+
+def _study_by_patient_plan(conn, site_id: int) -> str:
+    """SQLite's plan for the query QIDO-RS runs for ``studies?PatientID=`` (telerad.archive.query)."""
+    from sqlalchemy.dialects import sqlite
+
+    from telerad.archive.query import ATTRIBUTES, Study, _base, _match
+
+    q = _base("STUDY", site_id).where(_match(ATTRIBUTES["00100020"], "P000042")).order_by(Study.id)
+    sql = str(q.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True}))
+    return " | ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql).all())
+
+
+def test_statistics_reach_connections_opened_before_analyze(ctx, site):
+    """SQLite reads planner statistics when a connection loads the schema; an ANALYZE on one connection (or in
+    another process) does not reload them on the others. Database.analyze() empties the pool, so every
+    connection then plans a QIDO by Patient ID from the patient instead of walking the site's studies."""
+    if ctx.db.engine.dialect.name != "sqlite":  # PostgreSQL shares statistics between sessions
+        assert ctx.db.engine.dialect.name == "postgresql"
+        return
+    ctx.db.analyze()  # as at server start, on an empty index
+    with ctx.db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO patients (site_id, patient_id, issuer, patient_name, birth_date, sex) VALUES "
+            + ",".join(f"({site.id}, 'P{i:06d}', '', '', '', '')" for i in range(3000)))
+        conn.exec_driver_sql(
+            "INSERT INTO studies (site_id, patient_fk, study_uid, study_date, study_time, accession_number, "
+            "study_id, description, referring_physician, attributes_json, num_series, num_instances, modalities) "
+            "SELECT site_id, id, '1.2.' || id, '', '', '', '', '', '', '{}', 0, 0, '' FROM patients")
+
+    def plans() -> list[str]:
+        with ctx.db.engine.connect() as a, ctx.db.engine.connect() as b:  # two pooled connections at once
+            return [_study_by_patient_plan(a, site.id), _study_by_patient_plan(b, site.id)]
+
+    stale = plans()
+    ctx.db.analyze()
+    fresh = plans()
+    assert all("ix_studies_site_id" in p for p in stale), stale  # every study of the site is walked
+    assert all(p.startswith("SEARCH patients USING") and "ix_studies_site_id" not in p for p in fresh), fresh

@@ -79,12 +79,23 @@ class Database:
         of the site (measured: QIDO p95 x2.5 at 100k instances); with them it starts from the patient.
         ``analysis_limit`` bounds the work on a large index. PostgreSQL's autovacuum does this by itself,
         but an explicit ANALYZE after a bulk import helps there too.
+
+        SQLite loads the statistics when a connection reads the schema, and a later ANALYZE (this one, or
+        one by another process such as ``telerad import``) does not change the schema: every other open
+        connection would keep planning with the old figures. So the pool is emptied afterwards and
+        connections reopen with the new ones (connections in use are closed when they are returned).
         """
         with self.engine.connect() as conn:
             if self.engine.dialect.name == "sqlite":
                 conn.exec_driver_sql("PRAGMA analysis_limit=2000")
             conn.exec_driver_sql("ANALYZE")
             conn.commit()
+        if self.engine.dialect.name == "sqlite":
+            self.engine.dispose()
+
+    def count_instances(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT count(*) FROM instances").scalar_one())
 
     def dispose(self) -> None:
         self.engine.dispose()
