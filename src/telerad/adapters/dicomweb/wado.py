@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -134,14 +132,10 @@ def payload_response(request: Request, payload: PixelPayload) -> Response:
                                  f"transfer-syntax={payload.transfer_syntax_uid} only; telerad does not transcode")
     boundary = multipart.new_boundary()
     headers = {"Content-Type": f"{payload.media_type}; transfer-syntax={payload.transfer_syntax_uid}"}
-
-    def body() -> Iterator[bytes]:
-        yield from multipart.stream(((headers, [p]) for p in payload.parts), boundary)
-
-    length = multipart.body_length([(headers, len(p)) for p in payload.parts], boundary)
-    return StreamingResponse(body(), media_type=multipart.content_type(payload.media_type, boundary,
-                                                                        payload.transfer_syntax_uid),
-                             headers={"Content-Length": str(length)})
+    # The parts are in memory already: one plain response, no per-chunk iteration through the thread pool.
+    body = b"".join(multipart.stream(((headers, [p]) for p in payload.parts), boundary))
+    return Response(body, media_type=multipart.content_type(payload.media_type, boundary,
+                                                            payload.transfer_syntax_uid))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}",
