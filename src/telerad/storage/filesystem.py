@@ -99,6 +99,11 @@ class FileSystemStore:
             f.seek(offset)
             return f.read(length)
 
+    def readinto(self, key: str, view: memoryview) -> int:
+        """Read the start of a blob straight into ``view`` (no intermediate bytes); the number of bytes read."""
+        with open(self.path(key), "rb") as f:
+            return f.readinto(view)
+
     def iter_chunks(self, key: str, chunk: int = CHUNK) -> Iterator[bytes]:
         with open(self.path(key), "rb") as f:
             while True:

@@ -10,6 +10,7 @@ from pydicom.uid import JPEG2000Lossless, generate_uid
 from starlette.responses import StreamingResponse
 
 from telerad.adapters.dicomweb import wado
+from telerad.archive.demo import ct_series
 
 DICOM_MP = 'multipart/related; type="application/dicom"'
 
@@ -54,6 +55,19 @@ def test_retrieval_streams_file_chunks(ctx, site, client, ct, monkeypatch):
             chunks.append(len(chunk))
     assert sum(chunks) > 4_900_000
     assert max(chunks) <= 1 << 20 and len(chunks) >= 5
+
+
+def test_study_of_small_and_large_files_streams_every_part_intact(ctx, site, client, ct, monkeypatch):
+    """Parts are read in groups of at most PART_BATCH bytes of files; a larger file goes out in chunks. With a
+    small batch, the study below crosses both paths and several group boundaries."""
+    monkeypatch.setattr(wado, "PART_BATCH", 5000)
+    big = put(ctx, site.id, mr_like(frames=4, size=64, study=ct[0].study))  # ~33 KB: chunked
+    more = [put(ctx, site.id, b) for b in ct_series(("Doe^John", "P1", "19700101", "M"), ct[0].study, "ACC1",
+                                                      slices=4, size=32)]
+    r = client.get(f"/dicom-web/studies/{ct[0].study}")
+    assert r.status_code == 200 and int(r.headers["content-length"]) == len(r.content)
+    parts = split_multipart(r.headers["content-type"], r.content)
+    assert sorted(c for _, c in parts) == sorted(zero_preamble(i.data) for i in [*ct, big, *more])
 
 
 @pytest.mark.parametrize("accept", [
