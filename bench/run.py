@@ -118,6 +118,9 @@ def run_suite(srv: servers.Server, ct: gen.DataSet, ct_after: gen.DataSet, small
         log(f"  {name} WADO-RS study: {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = {t.mb_s:.0f} MB/s")
         res.put(name, "wado_mb_s", t.mb_s)
         res.put(name, "wado_s", t.wall)
+        t = measure.wado_study_curl(srv, study, args.wado_runs, len(study.sop_uids) * frame_bytes)
+        log(f"  {name} WADO-RS study (curl): {t.bytes / 1e6:.0f} MB in {t.wall:.3f} s = {t.mb_s:.0f} MB/s")
+        res.put(name, "wado_curl_mb_s", t.mb_s)
 
     def cfind() -> None:
         lat = measure.cfind(srv, study.patient_id, args.cfind_runs, expect=1)
@@ -220,7 +223,8 @@ ROWS: list[tuple[str, str, str, str, float | None]] = [
     ("metadata_p50", "Study /metadata", "p50 ms", "lo", 0.1),
     ("frame_p50", "frames/1 (octet-stream)", "p50 ms", "lo", 0.1),
     ("frame_p95", "frames/1 (octet-stream)", "p95 ms", "lo", None),
-    ("wado_mb_s", "WADO-RS whole study", "MB/s", "hi", 1.5),
+    ("wado_mb_s", "WADO-RS whole study (httpx client)", "MB/s", "hi", 1.5),
+    ("wado_curl_mb_s", "WADO-RS whole study (curl client)", "MB/s", "hi", 1.5),
     ("cfind_p50", "C-FIND study by PatientID (findscu process)", "p50 ms", "lo", None),
     ("cget_mb_s", "C-GET whole study (getscu process)", "MB/s", "hi", 1.0),
     ("cget_s", "C-GET whole study (getscu process)", "s", "lo", None),
