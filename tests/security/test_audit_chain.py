@@ -4,9 +4,11 @@ removed, inserted or reordered record, and removed newest records; the key is ke
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from sqlalchemy import delete, select, update
+from sqlalchemy import event as sa_event
 
 from telerad.config import Settings
 from telerad.context import Context
@@ -172,3 +174,28 @@ def test_search_filters(ctx):
     assert audit.search(ctx.db, until="2026-01-02")[1][0]["action"] == "login"
     total, rows = audit.search(ctx.db, limit=1, offset=1)
     assert total == 3 and rows[0]["actor"] == "alice" and rows[0]["site"] == "RC"
+
+
+def test_records_arriving_together_share_one_commit(ctx):
+    """The writer lingers (AuditLog.LINGER) so a burst of requests costs one commit, not one fsync each;
+    flush() does not wait out the linger, and every record is in the chain."""
+    ctx.audit.flush()
+    commits: list[int] = []
+
+    def count(conn: object) -> None:
+        commits.append(1)
+
+    ctx.audit.LINGER = 2.0  # so the spacing below stays well inside it however slow the machine
+    sa_event.listen(ctx.db.engine, "commit", count)
+    try:
+        for i in range(20):
+            ctx.audit.record(Event(Action.QUERY, actor=f"burst-{i}"))
+            time.sleep(0.005)  # requests a few ms apart: without the linger, about one commit each
+        ctx.audit.flush()
+    finally:
+        sa_event.remove(ctx.db.engine, "commit", count)
+    with ctx.db.session() as s:
+        actors = s.execute(select(AuditEvent.actor).where(AuditEvent.actor.like("burst-%"))).scalars().all()
+    assert sorted(actors) == sorted(f"burst-{i}" for i in range(20))
+    assert 1 <= len(commits) <= 2
+    assert _verify(ctx).ok

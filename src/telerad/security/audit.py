@@ -129,15 +129,19 @@ def load_key(path: Path, db: Database) -> bytes:
     return key
 
 
+_WAKE = object()  # queued by a waiter: the writer stops lingering
+
+
 class AuditLog:
     """Queue plus writer thread; one per process (``Context.audit``)."""
 
     BATCH = 500
+    LINGER = 0.05  # seconds the writer waits for more records before a commit, when nobody waits for them
 
     def __init__(self, db: Database, key: bytes) -> None:
         self._db = db
         self.key = key
-        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._queue: queue.Queue[Event | object | None] = queue.Queue()
         self._lock = threading.Condition()
         self._enqueued = 0
         self._written = 0
@@ -180,6 +184,8 @@ class AuditLog:
     def _wait_for(self, target: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:
+            if self._written < target:
+                self._queue.put(_WAKE)  # cut the writer's linger short
             while self._written < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -190,19 +196,27 @@ class AuditLog:
         stop = False
         while not stop:
             first = self._queue.get()
+            if first is _WAKE:
+                continue
             batch: list[Event] = []
             if first is None:
                 stop = True
-            else:
+            elif isinstance(first, Event):
                 batch.append(first)
-            while len(batch) < self.BATCH:
+            # Linger briefly so a stream of requests shares one commit (each is an fsync with SQLite's
+            # synchronous=FULL), unless someone waits for the records (record(wait=True), flush(): _WAKE).
+            deadline = time.monotonic() + self.LINGER
+            while len(batch) < self.BATCH and not stop:
+                left = deadline - time.monotonic()
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
+                if more is _WAKE:
+                    deadline = 0.0  # take what is queued now, then write
+                elif more is None:
                     stop = True
-                else:
+                elif isinstance(more, Event):
                     batch.append(more)
             if batch:
                 self._write_until_done(batch)
