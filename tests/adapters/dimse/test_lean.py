@@ -21,17 +21,19 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification, SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 from sqlalchemy import select
 
+from telerad.adapters.dimse import lean
 from telerad.adapters.dimse.lean_get import data_set_offset
 from telerad.adapters.dimse.server import DimseServer, start_dimse
 from telerad.archive.demo import ct_series
@@ -124,19 +126,24 @@ def test_object_over_the_size_cap_is_refused_and_the_association_goes_on(ctx: Co
 
 
 # -- raw peers ---------------------------------------------------------------------------------------------
-def _rq(calling: str = GH_AE, app_context: str = "1.2.840.10008.3.1.1.1") -> bytes:
+def _rq(calling: str = GH_AE, app_context: str = "1.2.840.10008.3.1.1.1",
+        contexts: tuple[tuple[str, str], ...] = ((CTImageStorage, ImplicitVRLittleEndian),),
+        extra: tuple[object, ...] = ()) -> bytes:
     primitive = A_ASSOCIATE()
     primitive.application_context_name = app_context
     primitive.calling_ae_title = calling
     primitive.called_ae_title = "TELERAD"
-    cx = PresentationContext()
-    cx.context_id = 1
-    cx.abstract_syntax = CTImageStorage
-    cx.transfer_syntax = [ImplicitVRLittleEndian]
-    primitive.presentation_context_definition_list = [cx]
+    proposed = []
+    for n, (abstract, transfer) in enumerate(contexts):
+        cx = PresentationContext()
+        cx.context_id = 2 * n + 1
+        cx.abstract_syntax = abstract
+        cx.transfer_syntax = [transfer]
+        proposed.append(cx)
+    primitive.presentation_context_definition_list = proposed
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = 16382
-    primitive.user_information = [max_length]
+    primitive.user_information = [max_length, *extra]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())
@@ -327,6 +334,104 @@ def test_get_identifier_without_its_unique_key_is_refused_with_a_reason(ctx: Con
     assert rsp.Status == 0xC000
     assert "needs (0020,000D)" in rsp.ErrorComment
     assert received == []
+
+
+def _accept(sock: socket.socket, request: bytes) -> A_ASSOCIATE:
+    sock.sendall(request)
+    pdu_type, body = _read_pdu(sock)
+    assert pdu_type == 0x02
+    pdu = A_ASSOCIATE_AC()
+    pdu.decode(struct.pack(">BxI", 2, len(body)) + body)
+    return pdu.to_primitive()
+
+
+def test_request_arriving_in_pieces_is_still_served_on_the_lean_path(ctx: Context, dimse: DimseServer,
+                                                                      raw: socket.socket) -> None:
+    """Over a real network an A-ASSOCIATE-RQ with many contexts spans several TCP segments."""
+    request = _rq(contexts=tuple((CTImageStorage, ImplicitVRLittleEndian) for _ in range(40)))
+    raw.sendall(request[:3])  # not even the PDU header yet
+    time.sleep(0.1)
+    raw.sendall(request[3:400])
+    time.sleep(0.1)
+    raw.sendall(request[400:])
+    assert _read_pdu(raw)[0] == 0x02
+    assert dimse.lean is not None and dimse.lean.served == 1
+
+
+def test_get_and_echo_contexts_accept_only_little_endian(ctx: Context, raw: socket.socket) -> None:
+    """The lean C-GET decodes Identifiers in little endian; Big Endian or Deflate there is refused (0x04)."""
+    accepted = _accept(raw, _rq(contexts=(
+        (StudyRootQueryRetrieveInformationModelGet, "1.2.840.10008.1.2.2"),
+        (Verification, "1.2.840.10008.1.2.1.99"),
+        (Verification, ExplicitVRLittleEndian),
+        (CTImageStorage, "1.2.840.10008.1.2.1.99"))))
+    results = {int(cx.context_id): cx.result for cx in accepted.presentation_context_definition_results_list}
+    assert results == {1: 0x04, 3: 0x04, 5: 0x00, 7: 0x00}  # storage keeps Deflate: stored as sent
+
+
+def test_role_selection_is_answered_once_per_accepted_storage_class(ctx: Context, raw: socket.socket) -> None:
+    roles = [build_role(CTImageStorage, scp_role=True), build_role(CTImageStorage, scu_role=True),
+             build_role(MRImageStorage, scp_role=True), build_role(Verification, scp_role=True)]
+    accepted = _accept(raw, _rq(contexts=((StudyRootQueryRetrieveInformationModelGet, ImplicitVRLittleEndian),
+                                          (CTImageStorage, ImplicitVRLittleEndian)), extra=tuple(roles)))
+    answers = [(str(i.sop_class_uid), i.scu_role, i.scp_role) for i in accepted.user_information
+               if isinstance(i, SCP_SCU_RoleSelectionNegotiation)]
+    assert answers == [(CTImageStorage, False, True)]  # MR was not proposed as a context, Verification is no storage
+
+
+def test_no_pdu_limit_setting_still_announces_a_bound(ctx: Context, raw: socket.socket) -> None:
+    """``dimse_max_pdu = 0`` ("no limit") on pynetdicom's path; the lean path reads whole PDUs into memory, so
+    it announces 16 MiB and aborts a larger PDU instead of allocating whatever length the peer claims."""
+    ctx.settings.dimse_max_pdu = 0
+    accepted = _accept(raw, _rq())
+    [limit] = [i.maximum_length_received for i in accepted.user_information
+               if isinstance(i, MaximumLengthNotification)]
+    assert limit == 16 << 20
+    raw.sendall(struct.pack(">BxI", 4, (16 << 20) + 1))
+    _assert_aborted(raw, 0x06)
+
+
+def test_endless_command_set_is_aborted(ctx: Context, raw: socket.socket) -> None:
+    _associated(raw)
+    for _ in range(5):  # 5 x 16,000 bytes of command fragments, none the last
+        raw.sendall(_pdv(1, 0x01, b"\x00" * 16_000))
+    _assert_aborted(raw, 0x06)
+    _echo_still_works(ctx)
+
+
+def test_internal_error_aborts_only_that_association(ctx: Context, raw: socket.socket,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: the store handler raising (a defect, a lost database) ends the association with an
+    A-ABORT and is logged; the listener and other associations go on."""
+    def broken(*_: object) -> int:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(lean, "handle_store", broken)
+    _associated(raw)
+    ds = _ct(16)[0]
+    command = _command(AffectedSOPClassUID=CTImageStorage, CommandField=0x0001, MessageID=1, Priority=0,
+                       CommandDataSetType=0x0000, AffectedSOPInstanceUID=ds.SOPInstanceUID)
+    raw.sendall(_pdv(1, 0x03, command) + _pdv(1, 0x02, bytes(encode(ds, True, True))))
+    _assert_aborted(raw, 0x00)
+    _echo_still_works(ctx)
+
+
+def test_lean_and_pynetdicom_associations_share_one_limit(ctx: Context, dimse: DimseServer,
+                                                          raw: socket.socket) -> None:
+    dimse.ae.maximum_associations = 1
+    _associated(raw)  # a lean association holds the only slot
+    ae = AE(ae_title=GH_AE)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", ctx.settings.dicom_port, ae_title=ctx.settings.ae_title)
+    assert assoc.is_rejected
+    assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.result_source,
+            assoc.acceptor.primitive.diagnostic) == (0x02, 0x03, 0x02)
+
+
+def test_data_set_offset_refuses_a_meta_element_past_the_end() -> None:
+    part10 = b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00" + b"1.2"
+    with pytest.raises(ValueError, match="past the end"):
+        data_set_offset(part10)
 
 
 def test_data_set_offset_walks_the_file_meta_without_a_group_length() -> None:

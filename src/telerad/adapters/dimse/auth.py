@@ -24,6 +24,7 @@ import socket
 import ssl
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE
@@ -88,6 +89,23 @@ class TenantAE(AE):
         self._ctx = ctx
         self._admissions: weakref.WeakKeyDictionary[Association, registry.Admission] = weakref.WeakKeyDictionary()
         self._admissions_lock = threading.Lock()
+        # Associations served outside pynetdicom (:mod:`.lean`) hold slots of the same limit.
+        self.other_associations: Callable[[], int] = lambda: 0
+
+    @property
+    def association_limit(self) -> int:
+        """``dimse_max_associations``: acceptor associations on both paths together."""
+        return self._maximum_associations
+
+    # pynetdicom compares its own acceptor associations with this (PS3.8 9.3.4, A-ASSOCIATE-RJ 2/3/2); the lean
+    # path's associations are taken off here, so that both paths share one limit.
+    @property  # type: ignore[override]
+    def maximum_associations(self) -> int:
+        return max(self._maximum_associations - self.other_associations(), 0)
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        AE.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
 
     # pynetdicom reads this property during A-ASSOCIATE-RQ negotiation (PS3.8 9.3.4) in the association thread.
     @property  # type: ignore[override]

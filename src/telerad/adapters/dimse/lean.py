@@ -29,11 +29,12 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -44,7 +45,7 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
 )
-from pynetdicom.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext
+from pynetdicom.presentation import PresentationContext
 
 from telerad.adapters.dimse import ul
 from telerad.adapters.dimse.common import Runtime
@@ -61,24 +62,43 @@ STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePres
 GET_MODELS = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})  # Patient, Study Root
 SERVED = STORAGE_SOP_CLASSES | GET_MODELS | {VERIFICATION}
 MAX_REQUEST_BYTES = 1 << 20  # an A-ASSOCIATE-RQ larger than this goes to pynetdicom (and its limits)
+# Announced as Maximum Length Received when ``dimse_max_pdu`` is 0 ("no limit", PS3.8 D.1): the lean path
+# reads a whole PDU into memory, so it always announces a bound it will hold to.
+LEAN_MAX_PDU = 16 << 20
+MAX_COMMAND_BYTES = 1 << 16  # a command set is a few hundred bytes; more is not a command set (PS3.7 E.1)
+# Verification and C-GET contexts: telerad encodes and decodes their Identifiers in little endian without
+# deflate, so only these two are accepted there (PS3.5 10.1, A.1, A.2). Storage keeps every syntax it stores.
+COMMAND_SYNTAXES = frozenset({str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian)})
 C_STORE_RQ, C_GET_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0010, 0x0030, 0x0FFF
 UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5.7
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.8
 _SEND_BATCH = 1 << 20  # bytes of P-DATA-TF PDUs handed to one sendall
-_MSG_PEEK_ALL = socket.MSG_PEEK | socket.MSG_WAITALL
+_PEEK_PAUSE = 0.002  # seconds between peeks while an A-ASSOCIATE-RQ is still arriving
+
+
+def _peek(sock: socket.socket, n: int, deadline: float) -> bytes:
+    """The first ``n`` bytes waiting on ``sock``, left unread; fewer when the peer closes or stops sending
+    before ``deadline``. A request from a real network arrives in several TCP segments (an A-ASSOCIATE-RQ with
+    a hundred presentation contexts is ~10 KB), and MSG_WAITALL does not wait on a socket with a timeout."""
+    while True:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        data = sock.recv(n, socket.MSG_PEEK)  # waits until something is readable
+        if len(data) >= n or not data or time.monotonic() >= deadline:
+            return data
+        time.sleep(_PEEK_PAUSE)  # readable stays true while unread data waits: poll, do not spin
 
 
 def peek_request(sock: socket.socket, timeout: float, elsewhere: frozenset[str]) -> A_ASSOCIATE | None:
     """The A-ASSOCIATE-RQ waiting on ``sock``, decoded but left unread, when this path should serve it."""
-    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
-        head = sock.recv(ul.PDU_HEADER.size, _MSG_PEEK_ALL)
+        head = _peek(sock, ul.PDU_HEADER.size, deadline)
         if len(head) < ul.PDU_HEADER.size:
             return None
         pdu_type, length = ul.PDU_HEADER.unpack(head)
         if pdu_type != ul.ASSOCIATE_RQ or length > MAX_REQUEST_BYTES:
             return None
-        data = sock.recv(ul.PDU_HEADER.size + length, _MSG_PEEK_ALL)
+        data = _peek(sock, ul.PDU_HEADER.size + length, deadline)
         if len(data) < ul.PDU_HEADER.size + length:
             return None
         pdu = A_ASSOCIATE_RQ()
@@ -101,11 +121,12 @@ def servable(request: A_ASSOCIATE, elsewhere: frozenset[str]) -> bool:
 
 
 def negotiate(proposed: list[PresentationContext], storage_syntaxes: frozenset[str]) -> list[PresentationContext]:
-    """PS3.8 9.3.3.2: accept each context with the requestor's first transfer syntax that telerad accepts."""
+    """PS3.8 9.3.3.2: accept each context with the requestor's first transfer syntax that telerad accepts
+    (for Verification and C-GET: :data:`COMMAND_SYNTAXES`)."""
     results = []
     for cx in proposed:
         abstract = str(cx.abstract_syntax)
-        ours = storage_syntaxes if abstract in STORAGE_SOP_CLASSES else DEFAULT_TRANSFER_SYNTAXES
+        ours = storage_syntaxes if abstract in STORAGE_SOP_CLASSES else COMMAND_SYNTAXES
         out = PresentationContext()
         out.context_id = cx.context_id
         out.abstract_syntax = UID(abstract)
@@ -207,11 +228,13 @@ class LeanAssociation:
         self.accepted: dict[int, tuple[str, str]] = {}  # context id -> (abstract syntax, transfer syntax)
         self.peer_max = int(request.maximum_length_received or 0)
         settings = self.rt.ctx.settings
-        self.max_pdu = settings.dimse_max_pdu
+        # PS3.8 D.1: PDUs may not exceed the Maximum Length Received telerad announces (never 0 here).
+        self.max_pdu = settings.dimse_max_pdu or LEAN_MAX_PDU
         self.max_object = settings.max_object_bytes
-        # PS3.8 D.1: PDUs may not exceed the Maximum Length Received telerad announced (0: no limit).
-        self._limit = self.max_pdu or max(self.max_object, 1 << 20) + (1 << 16)
+        self._limit = self.max_pdu
         self._command_parts: list[bytes] = []
+        self._command_size = 0
+        self._command_context = 0
         self._pending: Message | None = None
         self._messages: deque[Message] = deque()
         self.sub_op_contexts: dict[tuple[str, str], int] = {}  # (SOP Class, TS) -> context for C-GET sub-ops
@@ -238,6 +261,10 @@ class LeanAssociation:
             self._send(ul.abort_pdu())
         except (ul.PeerClosed, OSError) as exc:
             log.info("association from %s at %s dropped: %s", self.calling_ae_title, self.peer_ip, exc)
+        except Exception:  # a defect or a failing dependency: this association ends, the listener goes on
+            log.exception("aborting association from %s at %s after an internal error", self.calling_ae_title,
+                          self.peer_ip)
+            self._send(ul.abort_pdu())
         finally:
             if self.accepted:
                 self.rt.audit.ended(self)
@@ -251,7 +278,7 @@ class LeanAssociation:
             self._reject(0x01, 0x01, 0x03)  # calling-AE-title-not-recognized
             return False
         active = self.owner.count() + sum(1 for a in self.rt.ae.active_associations if a.is_acceptor)
-        if active > self.rt.ae.maximum_associations:
+        if active > self.rt.ae.association_limit:
             self._reject(0x02, 0x03, 0x02)  # transient, presentation related, local-limit-exceeded
             return False
         results = negotiate(request.presentation_context_definition_list, self.owner.storage_syntaxes)
@@ -277,11 +304,18 @@ class LeanAssociation:
 
     def _roles(self, results: list[PresentationContext]) -> list[SCP_SCU_RoleSelectionNegotiation]:
         """PS3.7 D.3.3.4: telerad takes either role for storage, so each proposed role selection is accepted as
-        proposed. Contexts on which the requestor is SCP carry the C-STORE sub-operations of a C-GET."""
+        proposed, once per SOP Class and only for storage classes with an accepted context. Contexts on which
+        the requestor is SCP carry the C-STORE sub-operations of a C-GET."""
+        accepted = {str(cx.abstract_syntax) for cx in results if cx.result == 0x00}
         answers = []
+        answered: set[str] = set()
         for item in self.request.user_information:
-            if not isinstance(item, SCP_SCU_RoleSelectionNegotiation) or str(item.sop_class_uid) not in SERVED:
+            if not isinstance(item, SCP_SCU_RoleSelectionNegotiation):
                 continue
+            uid = str(item.sop_class_uid)
+            if uid not in STORAGE_SOP_CLASSES or uid not in accepted or uid in answered:
+                continue
+            answered.add(uid)
             answer = SCP_SCU_RoleSelectionNegotiation()
             answer.sop_class_uid = item.sop_class_uid
             answer.scu_role, answer.scp_role = bool(item.scu_role), bool(item.scp_role)
@@ -330,10 +364,16 @@ class LeanAssociation:
         if control & 1:  # command fragment (PS3.8 E.2)
             if pending is not None:
                 raise ul.ProtocolError(ul.UNEXPECTED_PDU, "command fragment while a Data Set was arriving")
+            if self._command_parts and context_id != self._command_context:
+                raise ul.ProtocolError(ul.UNEXPECTED_PDU, "command fragments on two presentation contexts")
+            self._command_size += len(fragment)
+            if self._command_size > MAX_COMMAND_BYTES:
+                raise ul.ProtocolError(ul.INVALID_PARAMETER, f"command set over {MAX_COMMAND_BYTES} bytes")
+            self._command_context = context_id
             self._command_parts.append(bytes(fragment))
             if control & 2:
                 command = ul.decode_command(b"".join(self._command_parts))
-                self._command_parts = []
+                self._command_parts, self._command_size = [], 0
                 if ul.command_us(command, ul.COMMAND_DATA_SET_TYPE) == ul.NO_DATA_SET:
                     self._messages.append(Message(context_id, command, None))
                 else:

@@ -59,6 +59,8 @@ def data_set_offset(part10: bytes) -> int:
             pos += 12 + struct.unpack_from("<I", part10, pos + 8)[0]
         else:
             pos += 8 + struct.unpack_from("<H", part10, pos + 6)[0]
+    if pos > len(part10):
+        raise ValueError("File Meta Information element runs past the end of the file")
     return pos
 
 
@@ -112,11 +114,13 @@ class _Get:
 
     def _respond(self, status: int, remaining: int | None = None, comment: str = "",
                  data_set: bytes | None = None) -> None:
-        completed, failed, warning = self._counts()
+        # The Number of ... Sub-operations are US (PS3.7 C.4.3.1.3 / E.1): a retrieve of more than 65535
+        # instances reports 65535 until its counts fall below it.
+        completed, failed, warning = (min(n, 0xFFFF) for n in self._counts())
         elements: dict[int, int | str] = {ul.STATUS: status, ul.COMPLETED: completed, ul.FAILED: failed,
                                           ul.WARNING: warning}
         if remaining is not None:
-            elements[ul.REMAINING] = remaining
+            elements[ul.REMAINING] = min(remaining, 0xFFFF)
         if comment:
             elements[ul.ERROR_COMMENT] = comment[:64]
         self.assoc.respond(self.context_id, C_GET_RQ, self.message_id, elements, sop_class=self.model,

@@ -189,6 +189,7 @@ def start_dimse(ctx: Context) -> DimseServer:
     server.contexts = sockets.cheap_copies(server.contexts)
     if s.dimse_lean_store:
         server.lean = lean.LeanAssociations(rt, STORAGE_TRANSFER_SYNTAXES)
+        ae.other_associations = server.lean.count
     thread = threading.Thread(target=server.serve_forever, name=f"dimse-{s.dicom_port}", daemon=True)
     thread.start()
     ae._servers.append(server)  # as AE.start_server does: counted for maximum_associations, stopped by shutdown
