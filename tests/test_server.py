@@ -77,9 +77,18 @@ def test_serve_dimse_and_http_then_restart(settings, ctx, tmp_path):
         assert r.status_code == 200 and r.json()[0]["00201208"]["Value"] == [3]
     finally:
         stop(proc)
+    assert "GET /dicom-web/studies" not in log.read_text()  # no access lines by default: URLs carry PHI
     proc = start(settings, log)
     try:
         r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "SRV1"}, headers=auth)
         assert r.status_code == 200 and len(r.json()) == 1, log.read_text()[-3000:]
     finally:
         stop(proc)
+
+
+def test_access_log_is_opt_in(settings, ctx):
+    from telerad.server import http_config
+
+    assert http_config(ctx).access_log is False
+    ctx.settings.http_access_log = True
+    assert http_config(ctx).access_log is True

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     # HTTP TLS (PS3.15 BCP 195: TLS 1.2 or newer; 1.3 preferred)
     http_tls_cert: Path | None = None
     http_tls_key: Path | None = None
+    # uvicorn's line per HTTP request on stdout. Off by default: the audit trail already records every request
+    # that touches data, an access line would copy query strings (Patient IDs, names) into the process log, and
+    # writing it took ~10 % of the server's CPU per request.
+    http_access_log: bool = False
 
     # Authentication (security/)
     mfa_required_roles: list[str] = Field(default_factory=lambda: ["admin", "radiologist"],

@@ -56,7 +56,8 @@ def http_config(ctx: Context) -> uvicorn.Config:
     from telerad.app import create_app
 
     s = ctx.settings
-    config = uvicorn.Config(create_app(ctx), host=s.http_host, port=s.http_port, log_level="info")
+    config = uvicorn.Config(create_app(ctx), host=s.http_host, port=s.http_port, log_level="info",
+                            access_log=s.http_access_log)
     if s.http_tls_cert and s.http_tls_key:
         cert, key = s.http_tls_cert, s.http_tls_key
         config.ssl_certfile, config.ssl_keyfile = str(cert), str(key)
