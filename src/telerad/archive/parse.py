@@ -67,7 +67,9 @@ def normalise_part10(raw: bytes) -> bytes:
     group built from their own SOP Class/Instance UIDs; the dataset bytes are kept as they were.
     """
     if len(raw) >= 132 and raw[128:132] == b"DICM":
-        return PREAMBLE + raw[128:]
+        if raw[:128] == PREAMBLE:  # already zeroed (DIMSE receivers build it so): no 2 copies of the object
+            return raw
+        return b"".join((PREAMBLE, memoryview(raw)[128:]))
     if raw[:4] == b"DICM":
         return PREAMBLE + raw
     try:

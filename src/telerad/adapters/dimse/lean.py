@@ -190,7 +190,7 @@ class Message:
 
     context_id: int
     command: dict[int, bytes]
-    parts: list[bytes] | None
+    parts: list[memoryview] | None
     size: int = 0
     overflow: bool = False  # the Data Set exceeded max_object_bytes and was dropped
 
@@ -202,7 +202,8 @@ class Ended(Exception):
 class LeanStoreEvent:
     """What :func:`.storage.handle_store` and :func:`.storage.handle_echo` read from a pynetdicom event."""
 
-    def __init__(self, assoc: LeanAssociation, part10: tuple[FileMetaDataset, list[bytes]] | None = None) -> None:
+    def __init__(self, assoc: LeanAssociation,
+                 part10: tuple[FileMetaDataset, list[memoryview]] | None = None) -> None:
         self.assoc = assoc
         self._part10 = part10
 
@@ -385,7 +386,9 @@ class LeanAssociation:
         if pending.size > self.max_object:
             pending.overflow, pending.parts = True, []
         elif not pending.overflow:
-            pending.parts.append(bytes(fragment))
+            # A view, not a copy: each PDU is read into its own buffer, never reused (:func:`.ul.read_pdu`),
+            # so the fragments stay valid; the object is copied once, when the Part 10 bytes are joined.
+            pending.parts.append(fragment)
         if control & 2:
             self._pending = None
             self._messages.append(pending)
