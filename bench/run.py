@@ -30,6 +30,7 @@ import gen  # noqa: E402
 import measure  # noqa: E402
 import servers  # noqa: E402
 from profile_top import report as profile_report  # noqa: E402
+from reference import Reference, measure_reference  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 MS = 1000.0
@@ -293,6 +294,24 @@ def table(res: Results, sizes: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def reference_table(res: Results, ref: Reference) -> str:
+    """What the goals ask of a server, next to what the machine and clients allow (bench/reference.py)."""
+    o_frame, o_wado = res.get("orthanc", "frame_p50"), res.get("orthanc", "wado_curl_mb_s")
+    lines = ["Reference, same run: the same clients against a server that only sends bytes from memory "
+             "(bench/reference.py):", "",
+             "| Goal | Needs | Reference (no archive) | Reachable here |", "|---|---:|---:|---|"]
+    if o_frame:
+        need = 0.1 * o_frame
+        floor = ref.frame_floor_p50_ms
+        lines.append(f"| frames/1 p50 <= 0.1x Orthanc | <= {fmt(need)} ms | client floor {fmt(floor)} ms "
+                     f"| {'yes' if floor <= need else 'no'} |")
+    if o_wado:
+        need = 1.5 * o_wado
+        lines.append(f"| WADO-RS study (curl) >= 1.5x Orthanc | >= {fmt(need)} MB/s | loopback ceiling "
+                     f"{fmt(ref.study_ceiling_mb_s)} MB/s | {'yes' if ref.study_ceiling_mb_s >= need else 'no'} |")
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, str]:
     cpu = "unknown"
     try:
@@ -443,6 +462,17 @@ def main() -> int:
             })
             log(f"{name} done in {time.monotonic() - t0:.0f} s")
 
+    # ---- the same clients against a server that does nothing but send bytes from memory
+    reference = None
+    try:
+        study0 = ct.studies[0]
+        study_bytes = sum(Path(f).stat().st_size for f in study0.files)
+        log("measuring the client floor and the loopback ceiling (no archive) ...")
+        reference = measure_reference(args.size * args.size * 2, study_bytes, measure.FRAME_ACCEPT,
+                                      len(study0.sop_uids), args.wado_runs)
+    except Exception as exc:  # noqa: BLE001
+        res.fail("reference", "reference", exc)
+
     # ---- report
     m = machine()
     total = time.monotonic() - t_start
@@ -465,6 +495,8 @@ def main() -> int:
         "",
     ]
     body = table(res, sizes)
+    if reference is not None:
+        body += "\n\n" + reference_table(res, reference)
     notes = []
     for srv_name, errs in res.errors.items():
         for e in errs:
