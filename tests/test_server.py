@@ -30,9 +30,9 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> 
     raise AssertionError(f"port {port} not listening after {timeout}s")
 
 
-def start(settings, log: Path) -> subprocess.Popen[bytes]:
+def start(settings, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "TELERAD_HOME": str(settings.home), "TELERAD_DATABASE_URL": settings.database_url,
-           "TELERAD_HTTP_PORT": str(settings.http_port), "TELERAD_DICOM_PORT": str(settings.dicom_port)}
+           "TELERAD_HTTP_PORT": str(settings.http_port), "TELERAD_DICOM_PORT": str(settings.dicom_port), **extra}
     proc = subprocess.Popen([sys.executable, "-m", "telerad.cli", "serve"], env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT)
     wait_port(settings.http_port, proc)

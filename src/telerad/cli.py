@@ -52,6 +52,19 @@ def serve(click_ctx: click.Context) -> None:
     run(_ctx(click_ctx))
 
 
+@main.command("dimse-worker", hidden=True)
+@click.pass_context
+def dimse_worker(click_ctx: click.Context) -> None:
+    """A DICOM listener process started by `telerad serve` when dimse_workers > 1 (telerad/workers.py)."""
+    from telerad.workers import run_worker
+
+    ctx = Context.open(Settings(), migrate=False)  # telerad serve migrated the schema before starting it
+    try:
+        run_worker(ctx)
+    finally:
+        ctx.close()
+
+
 @main.group()
 def site() -> None:
     """Sites (tenants): hospitals and clinics."""

@@ -17,6 +17,7 @@ import uvicorn
 
 from telerad.context import Context
 from telerad.security.audit import Action, Event
+from telerad.workers import Workers, require_reuse_port
 
 log = logging.getLogger(__name__)
 ANALYZE_EVERY_S = 600.0
@@ -25,7 +26,7 @@ GROWTH_MIN_ROWS = 1000
 STARTUP_FAILURE = 3  # the exit status uvicorn.run uses when the server did not start
 
 
-def _keep_statistics_fresh(ctx: Context) -> None:
+def keep_statistics_fresh(ctx: Context) -> None:
     """Re-plan as the index grows (see :meth:`telerad.db.session.Database.analyze`): every minute, when the
     number of instances grew by a quarter (through this server or an import by another process) since the
     last ANALYZE, and at least every ``ANALYZE_EVERY_S``."""
@@ -74,20 +75,29 @@ def _application_event(ctx: Context, action: str, **details: object) -> None:
         log.exception("cannot audit %s", action)
 
 
+def configure_logging() -> None:
+    # The process id tells the lines of ``telerad serve`` and its DIMSE workers apart (telerad/workers.py).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+    # pynetdicom logs every PDU and DIMSE message at INFO; telerad logs each stored object and refusal itself.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
 def run(ctx: Context) -> None:
     from telerad.adapters.dimse.server import start_dimse
     from telerad.security.syslog import start_exporter
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pynetdicom logs every PDU and DIMSE message at INFO; telerad logs each stored object and refusal itself.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    configure_logging()
     s = ctx.settings
+    if s.dimse_workers > 1:
+        require_reuse_port()
     ctx.db.analyze()
-    threading.Thread(target=_keep_statistics_fresh, args=(ctx,), name="db-analyze", daemon=True).start()
+    threading.Thread(target=keep_statistics_fresh, args=(ctx,), name="db-analyze", daemon=True).start()
     config = http_config(ctx)
     config.load()  # builds the TLS context now: a bad certificate or key fails before anything listens
-    dimse = start_dimse(ctx)
+    dimse = start_dimse(ctx, reuse_port=s.dimse_workers > 1)
     log.info("DICOM listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
+    workers = Workers(s.dimse_workers - 1)
+    workers.start()
     scheme = "https" if config.ssl else "http"
     _application_event(ctx, Action.APPLICATION_START, http=f"{scheme}://{s.http_host}:{s.http_port}",
                        dicom=f"{s.dicom_host}:{s.dicom_port}", dicom_tls=bool(s.dimse_tls_cert))
@@ -98,6 +108,7 @@ def run(ctx: Context) -> None:
     try:
         server.run()
     finally:
+        workers.stop()
         dimse.shutdown()
         _application_event(ctx, Action.APPLICATION_STOP, http=f"{scheme}://{s.http_host}:{s.http_port}",
                            dicom=f"{s.dicom_host}:{s.dicom_port}")

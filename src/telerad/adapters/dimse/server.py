@@ -121,6 +121,16 @@ class _Server(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
 
+class _ReusePortServer(_Server):
+    """A listener that shares its port with the other processes' (SO_REUSEPORT: the kernel spreads the
+    connections over them; :mod:`telerad.workers`)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class DimseServer:
     """A running listener; :meth:`shutdown` stops it and aborts its associations."""
 
@@ -161,8 +171,9 @@ def build_ae(ctx: Context) -> TenantAE:
     return ae
 
 
-def start_dimse(ctx: Context) -> DimseServer:
-    """Start listening on ``dicom_host:dicom_port`` in background threads and return at once."""
+def start_dimse(ctx: Context, reuse_port: bool = False) -> DimseServer:
+    """Start listening on ``dicom_host:dicom_port`` in background threads and return at once; with
+    ``reuse_port``, alongside the listeners of other processes on the same port (:mod:`telerad.workers`)."""
     s = ctx.settings
     rawsend.install()
     sockets.install()
@@ -184,7 +195,7 @@ def start_dimse(ctx: Context) -> DimseServer:
         (evt.EVT_N_ACTION, handle_n_action, [rt]),
     ]
     server = ae.make_server((s.dicom_host, s.dicom_port), ssl_context=server_context(s), evt_handlers=handlers,
-                            server_class=_Server)
+                            server_class=_ReusePortServer if reuse_port else _Server)
     assert isinstance(server, _Server)
     server.contexts = sockets.cheap_copies(server.contexts)
     if s.dimse_lean_store:
