@@ -96,3 +96,27 @@ def test_dimse_worker_stops_when_its_parent_is_gone(settings, ctx, tmp_path):
         assert time.monotonic() < deadline, "orphaned DIMSE worker still running"
         time.sleep(0.2)
     assert "is gone; the DIMSE worker stops" in log.read_text()
+
+
+def test_second_serve_on_the_same_dicom_port_refuses_to_start(settings, ctx, tmp_path):
+    """With SO_REUSEPORT the kernel would let a second telerad serve (here: its own HTTP port) join the DICOM
+    port and take half of the associations; it stops at start instead."""
+    log = tmp_path / "serve.log"
+    proc = start(settings, log, TELERAD_DIMSE_WORKERS="2")
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "telerad.cli", "serve"], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "TELERAD_HOME": str(settings.home), "TELERAD_DATABASE_URL": settings.database_url,
+                 "TELERAD_HTTP_PORT": str(_free_port()), "TELERAD_DICOM_PORT": str(settings.dicom_port),
+                 "TELERAD_DIMSE_WORKERS": "2"})
+        assert second.returncode == 3
+        assert f"another telerad serve already serves DICOM port {settings.dicom_port}" in second.stderr
+        assert proc.poll() is None  # the first one goes on
+    finally:
+        stop(proc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -17,7 +17,7 @@ import uvicorn
 
 from telerad.context import Context
 from telerad.security.audit import Action, Event
-from telerad.workers import Workers, require_reuse_port
+from telerad.workers import Workers, claim_port, require_reuse_port
 
 log = logging.getLogger(__name__)
 ANALYZE_EVERY_S = 600.0
@@ -88,8 +88,13 @@ def run(ctx: Context) -> None:
 
     configure_logging()
     s = ctx.settings
-    if s.dimse_workers > 1:
-        require_reuse_port()
+    try:
+        port_claim = claim_port(s.dicom_port)
+        if s.dimse_workers > 1:
+            require_reuse_port()
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        raise SystemExit(STARTUP_FAILURE) from None
     ctx.db.analyze()
     threading.Thread(target=keep_statistics_fresh, args=(ctx,), name="db-analyze", daemon=True).start()
     config = http_config(ctx)
@@ -110,6 +115,7 @@ def run(ctx: Context) -> None:
     finally:
         workers.stop()
         dimse.shutdown()
+        port_claim.close()
         _application_event(ctx, Action.APPLICATION_STOP, http=f"{scheme}://{s.http_host}:{s.http_port}",
                            dicom=f"{s.dicom_host}:{s.dicom_port}")
         if exporter is not None:

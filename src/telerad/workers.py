@@ -37,6 +37,20 @@ READY_TIMEOUT_S = 60.0
 READY_FD_ENV = "TELERAD_WORKER_READY_FD"  # where a worker says it listens (not a setting)
 
 
+def claim_port(port: int) -> socket.socket:
+    """Hold the DICOM port for this ``telerad serve`` (an abstract Unix socket named after it, released when the
+    process ends). Listeners with SO_REUSEPORT would let a second ``telerad serve`` on the same port (a stale
+    one, or one with another home and database) bind it too, and the kernel would split the associations
+    between two archives; this makes the second one stop at start instead."""
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0telerad-dicom-port-{port}")
+    except OSError:
+        lock.close()
+        raise RuntimeError(f"another telerad serve already serves DICOM port {port}") from None
+    return lock
+
+
 def require_reuse_port() -> None:
     """Several listeners on one port need SO_REUSEPORT with load balancing (Linux 3.9+)."""
     if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):

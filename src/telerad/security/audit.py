@@ -160,7 +160,9 @@ class AuditLog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="telerad-audit", daemon=True)
                 self._thread.start()
-        self._queue.put(event)
+            # Queued under the lock, in the order of the counts: a record(wait=True) that counted its event
+            # must not find it "written" because another thread's later event went first.
+            self._queue.put(event)
         if wait:
             self._wait_for(target, timeout=30.0)
 
@@ -176,8 +178,9 @@ class AuditLog:
                 return
             self._closed = True
             thread = self._thread
+            if thread is not None:
+                self._queue.put(None)  # after every recorded event: none is queued behind it
         if thread is not None:
-            self._queue.put(None)
             thread.join(timeout=30.0)
 
     # -- writer ---------------------------------------------------------------------------------------------
@@ -257,9 +260,9 @@ _MOVE_HEAD = update(AuditHead).where(AuditHead.id == 1).values(seq=bindparam("p_
 
 
 def append(db: Database, key: bytes, batch: list[Event]) -> None:
-    """Append ``batch`` to the chain in one transaction: Core statements, one multi-row INSERT. The writer
-    runs beside the request threads, and building ORM objects for a batch held the GIL for milliseconds: the
-    requests that coincided with a commit were the slowest 5 % of every QIDO loop."""
+    """Append ``batch`` to the chain in one transaction: Core statements, the records in one executemany.
+    The writer runs beside the request threads, and building ORM objects for a batch held the GIL for
+    milliseconds: the requests that coincided with a commit were the slowest 5 % of every QIDO loop."""
     with db.write_connection() as conn:
         seq, mac = conn.execute(_HEAD).one()
         _fill_patient(conn, batch)

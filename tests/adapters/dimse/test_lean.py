@@ -8,6 +8,8 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import tracemalloc
+import types
 from collections.abc import Iterator
 from io import BytesIO
 
@@ -33,7 +35,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 from sqlalchemy import select
 
-from telerad.adapters.dimse import lean
+from telerad.adapters.dimse import lean, ul
 from telerad.adapters.dimse.lean_get import data_set_offset
 from telerad.adapters.dimse.server import DimseServer, start_dimse
 from telerad.archive.demo import ct_series
@@ -428,8 +430,12 @@ def test_lean_and_pynetdicom_associations_share_one_limit(ctx: Context, dimse: D
             assoc.acceptor.primitive.diagnostic) == (0x02, 0x03, 0x02)
 
 
-def test_data_set_offset_refuses_a_meta_element_past_the_end() -> None:
-    part10 = b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\x00" + b"1.2"
+@pytest.mark.parametrize("meta", [
+    b"\x02\x00\x10\x00UI\xff\x00" + b"1.2",  # a value longer than the file
+    b"\x02\x00\x01\x00OB\x00\x00\x02",  # a long-VR element cut inside its header
+], ids=["value", "header"])
+def test_data_set_offset_refuses_a_meta_element_past_the_end(meta: bytes) -> None:
+    part10 = b"\x00" * 128 + b"DICM" + meta
     with pytest.raises(ValueError, match="past the end"):
         data_set_offset(part10)
 
@@ -448,3 +454,57 @@ def test_data_set_offset_walks_the_file_meta_without_a_group_length() -> None:
     body = b"\x08\x00\x16\x00UI\x02\x001\x00"
     part10 = b"\x00" * 128 + b"DICM" + encoded + body
     assert part10[data_set_offset(part10):] == body
+
+
+def test_data_set_in_tiny_and_empty_fragments_is_stored_intact(ctx: Context, raw: socket.socket) -> None:
+    _associated(raw)
+    ds = _ct(64)[0]
+    data = bytes(encode(ds, True, True))
+    command = _command(AffectedSOPClassUID=CTImageStorage, CommandField=0x0001, MessageID=3, Priority=0,
+                       CommandDataSetType=0x0000, AffectedSOPInstanceUID=ds.SOPInstanceUID)
+    body = b""
+    for i in range(0, len(data), 700):  # 700-byte fragments, an empty one after each
+        last = i + 700 >= len(data)
+        item = struct.pack(">IBB", 2 + len(data[i:i + 700]), 1, 0x02 if last else 0x00) + data[i:i + 700]
+        if not last:
+            item += struct.pack(">IBB", 2, 1, 0x00)  # an empty Data Set fragment
+        body += item
+    raw.sendall(_pdv(1, 0x03, command))
+    for i in range(0, len(body), 10 * 712):  # several PDVs per PDU
+        chunk = body[i:i + 10 * 712]
+        raw.sendall(struct.pack(">BxI", 4, len(chunk)) + chunk)
+    pdu_type, rsp_body = _read_pdu(raw)
+    assert pdu_type == 0x04
+    assert decode(BytesIO(rsp_body[6:]), True, True).Status == 0x0000
+    with ctx.db.session() as s:
+        key = s.execute(select(Instance.blob_key).where(Instance.sop_uid == ds.SOPInstanceUID)).scalar_one()
+    assert pydicom.dcmread(ctx.blobs.path(key)).PixelData == ds.PixelData
+
+
+def test_empty_fragments_hold_no_memory() -> None:
+    """A peer streaming empty, never-last Data Set fragments (each counts 0 bytes against max_object_bytes)
+    must not make the association hold memory for them (unit level: the PDV handler alone)."""
+    settings = types.SimpleNamespace(dimse_max_pdu=262_144, max_object_bytes=1 << 30)
+    owner = types.SimpleNamespace(rt=types.SimpleNamespace(ctx=types.SimpleNamespace(settings=settings)))
+    request = A_ASSOCIATE()
+    request.calling_ae_title = "X"
+    assoc = lean.LeanAssociation(owner, None, ("127.0.0.1", 1), request)  # type: ignore[arg-type]
+    assoc.accepted = {1: (CTImageStorage, ImplicitVRLittleEndian)}
+    command = ul.encode_command({ul.COMMAND_FIELD: 1, ul.MESSAGE_ID: 1, ul.COMMAND_DATA_SET_TYPE: 0,
+                                 ul.AFFECTED_SOP_CLASS_UID: CTImageStorage, ul.AFFECTED_SOP_INSTANCE_UID: "1.2.3"})
+    for cid, control, fragment in ul.pdvs(bytearray(struct.pack(">IBB", 2 + len(command), 1, 3) + command)):
+        assoc._pdv(cid, control, fragment)
+    tracemalloc.start()
+    try:
+        for _ in range(20):  # 20 PDUs of 256 KiB of empty PDVs, then 1-byte ones
+            for body in (bytearray(struct.pack(">IBB", 2, 1, 0) * 43_690),
+                         bytearray(struct.pack(">IBB", 3, 1, 0) + b"x") * 37_449):
+                for cid, control, fragment in ul.pdvs(body):
+                    assoc._pdv(cid, control, fragment)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    pending = assoc._pending
+    assert pending is not None and pending.parts is not None
+    assert len(pending.parts) == 1 and len(pending.parts[0]) == 20 * 37_449  # the 1-byte fragments, gathered
+    assert held < 2 * 20 * 37_449  # about the data received, not ~200 bytes per fragment

@@ -73,6 +73,9 @@ C_STORE_RQ, C_GET_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0010, 0x0030, 0x0FFF
 UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5.7
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.8
 _SEND_BATCH = 1 << 20  # bytes of P-DATA-TF PDUs handed to one sendall
+# Data Set fragments at least this large are kept as views of their PDU; smaller ones are copied together, so
+# a peer sending tiny or empty fragments cannot make the association hold more than the data it sent.
+_VIEW_MIN = 64 << 10
 _PEEK_PAUSE = 0.002  # seconds between peeks while an A-ASSOCIATE-RQ is still arriving
 
 
@@ -190,7 +193,7 @@ class Message:
 
     context_id: int
     command: dict[int, bytes]
-    parts: list[memoryview] | None
+    parts: list[memoryview | bytearray] | None
     size: int = 0
     overflow: bool = False  # the Data Set exceeded max_object_bytes and was dropped
 
@@ -203,7 +206,7 @@ class LeanStoreEvent:
     """What :func:`.storage.handle_store` and :func:`.storage.handle_echo` read from a pynetdicom event."""
 
     def __init__(self, assoc: LeanAssociation,
-                 part10: tuple[FileMetaDataset, list[memoryview]] | None = None) -> None:
+                 part10: tuple[FileMetaDataset, list[memoryview | bytearray]] | None = None) -> None:
         self.assoc = assoc
         self._part10 = part10
 
@@ -385,10 +388,16 @@ class LeanAssociation:
         pending.size += len(fragment)
         if pending.size > self.max_object:
             pending.overflow, pending.parts = True, []
-        elif not pending.overflow:
-            # A view, not a copy: each PDU is read into its own buffer, never reused (:func:`.ul.read_pdu`),
-            # so the fragments stay valid; the object is copied once, when the Part 10 bytes are joined.
-            pending.parts.append(fragment)
+        elif not pending.overflow and fragment:
+            parts = pending.parts
+            if len(fragment) >= _VIEW_MIN:
+                # A view, not a copy: each PDU is read into its own buffer, never reused (:func:`.ul.read_pdu`),
+                # so the fragment stays valid; the object is copied once, when the Part 10 bytes are joined.
+                parts.append(fragment)
+            elif parts and isinstance(parts[-1], bytearray):
+                parts[-1] += fragment  # small fragments are gathered: memory stays that of the data received
+            else:
+                parts.append(bytearray(fragment))
         if control & 2:
             self._pending = None
             self._messages.append(pending)

@@ -56,6 +56,8 @@ def data_set_offset(part10: bytes) -> int:
     while pos + 8 <= len(part10) and part10[pos:pos + 2] == b"\x02\x00":
         vr = part10[pos + 4:pos + 6]
         if vr in _LONG_VR:
+            if pos + 12 > len(part10):
+                raise ValueError("File Meta Information element header runs past the end of the file")
             pos += 12 + struct.unpack_from("<I", part10, pos + 8)[0]
         else:
             pos += 8 + struct.unpack_from("<H", part10, pos + 6)[0]
@@ -94,6 +96,10 @@ class _Get:
         except IdentifierError as exc:
             log.warning("C-GET identifier refused: %s", exc)
             self._refuse(UNABLE_TO_PROCESS, str(exc))
+            return
+        except Exception:  # the index unavailable, a defect: this C-GET fails, the association goes on
+            log.exception("C-GET by %s: cannot select the instances", self.assoc.calling_ae_title)
+            self._refuse(UNABLE_TO_PROCESS, "cannot select the instances (server error)")
             return
         self.record.expect(instances)
         log.info("C-GET by %s of %d instances", self.assoc.calling_ae_title, len(instances))

@@ -23,6 +23,10 @@ UNRECOGNISED_PDU = 0x01
 UNEXPECTED_PDU = 0x02
 INVALID_PARAMETER = 0x06
 
+# Fragment size when the peer announces no limit (Maximum Length Received 0): a whole multi-gigabyte object
+# in one PDU would need a length field over 32 bits and that much more memory.
+NO_LIMIT_FRAGMENT = 16 << 20
+
 RELEASE_RP_PDU = bytes((RELEASE_RP, 0, 0, 0, 0, 4, 0, 0, 0, 0))
 
 
@@ -56,7 +60,10 @@ def recv_exact(sock: socket.socket, n: int) -> bytearray:
 
 
 def read_pdu(sock: socket.socket, max_length: int) -> tuple[int, bytearray]:
-    """Read one PDU: its type and variable part. ``max_length`` bounds the PDU length field."""
+    """Read one PDU: its type and variable part. ``max_length`` bounds the PDU length field.
+
+    Each PDU gets a new buffer, never reused: :mod:`.lean` keeps views of received Data Set fragments in it
+    until the object is stored (a buffer pool here would corrupt stored objects)."""
     pdu_type, length = PDU_HEADER.unpack(recv_exact(sock, PDU_HEADER.size))
     if not ASSOCIATE_RQ <= pdu_type <= ABORT_RQ:
         raise ProtocolError(UNRECOGNISED_PDU, f"unrecognised PDU type 0x{pdu_type:02X}")
@@ -86,7 +93,7 @@ def p_data_pdus(context_id: int, data: bytes | memoryview, *, command: bool, pee
     """P-DATA-TF PDUs carrying ``data`` in fragments that fit the peer's Maximum Length Received
     (PS3.8 D.1: the variable field of a P-DATA-TF; 0 means no limit), one PDV each (PS3.8 E.2 control
     header: bit 0 command, bit 1 last fragment)."""
-    room = len(data) if peer_max == 0 else max(peer_max - 6, 1)
+    room = NO_LIMIT_FRAGMENT if peer_max == 0 else max(peer_max - 6, 1)
     pos = 0
     while True:
         chunk = data[pos:pos + room]
