@@ -54,17 +54,23 @@ def dcmtk(*args: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, "TCP_NODELAY": "1"})
 
 
-def test_serve_dimse_and_http_then_restart(settings, ctx, tmp_path):
+def site_with_ct(ctx, tmp_path: Path, patient: tuple[str, str, str, str], slices: int,
+                 size: int) -> tuple[dict[str, str], list[Path]]:
+    """Site GH with node GH_CT and a site_staff token (its headers); a CT series written to files to send."""
     from telerad.archive import registry
 
     registry.add_site(ctx, "GH", "General Hospital")
     registry.add_node(ctx, "GH", "GH_CT", "127.0.0.1", 11113)
     add_user(ctx, "ris", ["site_staff"], ["GH"])
-    auth = bearer(ctx, "ris", "GH")
     files = []
-    for i, data in enumerate(ct_series(("Serve^Test", "SRV1", "19700101", "F"), generate_uid(), "ACC9", 3, 32)):
+    for i, data in enumerate(ct_series(patient, generate_uid(), "ACC9", slices, size)):
         files.append(tmp_path / f"{i}.dcm")
         files[-1].write_bytes(data)
+    return bearer(ctx, "ris", "GH"), files
+
+
+def test_serve_dimse_and_http_then_restart(settings, ctx, tmp_path):
+    auth, files = site_with_ct(ctx, tmp_path, ("Serve^Test", "SRV1", "19700101", "F"), 3, 32)
     port, http = str(settings.dicom_port), f"http://127.0.0.1:{settings.http_port}"
     log = tmp_path / "serve.log"
     proc = start(settings, log)

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from auth_support import add_user, bearer
-from pydicom.uid import generate_uid
-from test_server import dcmtk, start, stop
-
-from telerad.archive.demo import ct_series
+from test_server import dcmtk, site_with_ct, start, stop
 
 
 def _pids(pattern: str, text: str) -> list[int]:
@@ -35,16 +31,7 @@ def _alive(pid: int) -> bool:
 def test_dimse_workers_share_the_port_and_are_supervised(settings, ctx, tmp_path):
     """dimse_workers = 2: `telerad serve` and one `telerad dimse-worker` both accept associations on the DICOM
     port; a killed worker is restarted; stopping `telerad serve` stops its worker."""
-    from telerad.archive import registry
-
-    registry.add_site(ctx, "GH", "General Hospital")
-    registry.add_node(ctx, "GH", "GH_CT", "127.0.0.1", 11113)
-    add_user(ctx, "ris", ["site_staff"], ["GH"])
-    auth = bearer(ctx, "ris", "GH")
-    files = []
-    for i, data in enumerate(ct_series(("Workers^Test", "WRK1", "19700101", "F"), generate_uid(), "ACC8", 24, 16)):
-        files.append(tmp_path / f"{i}.dcm")
-        files[-1].write_bytes(data)
+    auth, files = site_with_ct(ctx, tmp_path, ("Workers^Test", "WRK1", "19700101", "F"), 24, 16)
     port, http = str(settings.dicom_port), f"http://127.0.0.1:{settings.http_port}"
     log = tmp_path / "serve.log"
     proc = start(settings, log, TELERAD_DIMSE_WORKERS="2")
