@@ -76,19 +76,23 @@ _SEND_BATCH = 1 << 20  # bytes of P-DATA-TF PDUs handed to one sendall
 # Data Set fragments at least this large are kept as views of their PDU; smaller ones are copied together, so
 # a peer sending tiny or empty fragments cannot make the association hold more than the data it sent.
 _VIEW_MIN = 64 << 10
-_PEEK_PAUSE = 0.002  # seconds between peeks while an A-ASSOCIATE-RQ is still arriving
+_PEEK_PAUSE, _PEEK_PAUSE_MAX = 0.002, 0.05  # seconds between peeks while an A-ASSOCIATE-RQ is still arriving
 
 
 def _peek(sock: socket.socket, n: int, deadline: float) -> bytes:
     """The first ``n`` bytes waiting on ``sock``, left unread; fewer when the peer closes or stops sending
     before ``deadline``. A request from a real network arrives in several TCP segments (an A-ASSOCIATE-RQ with
     a hundred presentation contexts is ~10 KB), and MSG_WAITALL does not wait on a socket with a timeout."""
+    pause = _PEEK_PAUSE
     while True:
         sock.settimeout(max(deadline - time.monotonic(), 0.001))
         data = sock.recv(n, socket.MSG_PEEK)  # waits until something is readable
         if len(data) >= n or not data or time.monotonic() >= deadline:
             return data
-        time.sleep(_PEEK_PAUSE)  # readable stays true while unread data waits: poll, do not spin
+        # Readable stays true while unread data waits: poll, do not spin; a peer that stalls mid-request
+        # is polled less and less often (up to every 50 ms) until the deadline.
+        time.sleep(pause)
+        pause = min(pause * 2, _PEEK_PAUSE_MAX)
 
 
 def peek_request(sock: socket.socket, timeout: float, elsewhere: frozenset[str]) -> A_ASSOCIATE | None:
