@@ -81,11 +81,8 @@ class Workers:
                     log.error("DIMSE worker %d ended before it listened", slot + 1)
             finally:
                 os.close(fd)
-        self._thread.start()
-
-    def pids(self) -> list[int]:
-        with self._lock:
-            return [p.pid for p in self._procs if p is not None and p.poll() is None]
+        if self.count:
+            self._thread.start()
 
     def _spawn(self, slot: int) -> int:
         """Start the worker of ``slot``; the read end of the pipe on which it says "1" once it listens."""
@@ -123,6 +120,8 @@ class Workers:
     def stop(self) -> None:
         """SIGTERM to every worker (each ends its associations and flushes its audit records), then wait."""
         self._stopping.set()
+        if self._thread.is_alive():  # a restart in progress finishes first, so its worker is stopped too
+            self._thread.join(timeout=STOP_TIMEOUT_S)
         with self._lock:
             procs = [p for p in self._procs if p is not None]
         for proc in procs:
