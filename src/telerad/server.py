@@ -88,10 +88,11 @@ def run(ctx: Context) -> None:
 
     configure_logging()
     s = ctx.settings
+    port_claim = None  # without SO_REUSEPORT the kernel itself refuses a second listener on the port
     try:
-        port_claim = claim_port(s.dicom_port)
         if s.dimse_workers > 1:
             require_reuse_port()
+            port_claim = claim_port(s.dicom_port)
     except RuntimeError as exc:
         log.error("%s", exc)
         raise SystemExit(STARTUP_FAILURE) from None
@@ -115,7 +116,8 @@ def run(ctx: Context) -> None:
     finally:
         workers.stop()
         dimse.shutdown()
-        port_claim.close()
+        if port_claim is not None:
+            port_claim.close()
         _application_event(ctx, Action.APPLICATION_STOP, http=f"{scheme}://{s.http_host}:{s.http_port}",
                            dicom=f"{s.dicom_host}:{s.dicom_port}")
         if exporter is not None:

@@ -239,7 +239,6 @@ class LeanAssociation:
         # PS3.8 D.1: PDUs may not exceed the Maximum Length Received telerad announces (never 0 here).
         self.max_pdu = settings.dimse_max_pdu or LEAN_MAX_PDU
         self.max_object = settings.max_object_bytes
-        self._limit = self.max_pdu
         self._command_parts: list[bytes] = []
         self._command_size = 0
         self._command_context = 0
@@ -350,7 +349,7 @@ class LeanAssociation:
     def next_message(self) -> Message:
         """The next complete DIMSE message from the peer; :class:`Ended` when it releases or aborts."""
         while not self._messages:
-            pdu_type, body = ul.read_pdu(self.sock, self._limit)
+            pdu_type, body = ul.read_pdu(self.sock, self.max_pdu)
             if pdu_type == ul.P_DATA_TF:
                 for context_id, control, fragment in ul.pdvs(body):
                     self._pdv(context_id, control, fragment)
