@@ -129,9 +129,6 @@ def load_key(path: Path, db: Database) -> bytes:
     return key
 
 
-_WAKE = object()  # queued by a waiter: the writer stops lingering
-
-
 class AuditLog:
     """Queue plus writer thread; one per process (``Context.audit``)."""
 
@@ -141,12 +138,13 @@ class AuditLog:
     def __init__(self, db: Database, key: bytes) -> None:
         self._db = db
         self.key = key
-        self._queue: queue.Queue[Event | object | None] = queue.Queue()
+        self._queue: queue.Queue[Event | None] = queue.Queue()
         self._lock = threading.Condition()
         self._enqueued = 0
         self._written = 0
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._urgent = threading.Event()  # set when someone waits for the records: the writer stops lingering
 
     # -- public -------------------------------------------------------------------------------------------
     def record(self, event: Event, *, wait: bool = False) -> None:
@@ -180,6 +178,7 @@ class AuditLog:
             thread = self._thread
             if thread is not None:
                 self._queue.put(None)  # after every recorded event: none is queued behind it
+                self._urgent.set()
         if thread is not None:
             thread.join(timeout=30.0)
 
@@ -188,7 +187,7 @@ class AuditLog:
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._written < target:
-                self._queue.put(_WAKE)  # cut the writer's linger short
+                self._urgent.set()  # cut the writer's linger short
             while self._written < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -199,28 +198,27 @@ class AuditLog:
         stop = False
         while not stop:
             first = self._queue.get()
-            if first is _WAKE:
-                continue
+            # Linger so a stream of requests shares one commit (each is an fsync with SQLite's
+            # synchronous=FULL), unless someone waits for the records (record(wait=True), flush(), close()).
+            # The writer sleeps through the linger instead of taking each record as it comes: a wake-up per
+            # record made it compete with the request threads for the GIL, and a QIDO loop's slowest
+            # requests were those that met it.
+            if self._urgent.wait(self.LINGER):
+                self._urgent.clear()
             batch: list[Event] = []
-            if first is None:
-                stop = True
-            elif isinstance(first, Event):
-                batch.append(first)
-            # Linger briefly so a stream of requests shares one commit (each is an fsync with SQLite's
-            # synchronous=FULL), unless someone waits for the records (record(wait=True), flush(): _WAKE).
-            deadline = time.monotonic() + self.LINGER
-            while len(batch) < self.BATCH and not stop:
-                left = deadline - time.monotonic()
+            item: Event | None = first
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, Event):
+                    batch.append(item)
+                if len(batch) >= self.BATCH:
+                    self._write_until_done(batch)
+                    batch = []
                 try:
-                    more = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is _WAKE:
-                    deadline = 0.0  # take what is queued now, then write
-                elif more is None:
-                    stop = True
-                elif isinstance(more, Event):
-                    batch.append(more)
             if batch:
                 self._write_until_done(batch)
 
