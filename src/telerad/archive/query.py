@@ -119,17 +119,27 @@ def search(
         cond = _match(attr, value)
         if cond is not None:
             conditions.append(cond)
-    q = _base(level, site_id).where(*conditions)
-    order = {"PATIENT": Patient.id, "STUDY": Study.id, "SERIES": Series.id, "IMAGE": Instance.id}[level]
-    q = q.order_by(order).offset(offset)
+    if level == "PATIENT":
+        q = _base(level, site_id)
+    else:
+        plan = _plan(level, include_instance_metadata)
+        q = _joined(level, select(*plan.columns)).where(_ENTITY[level].site_id == site_id)
+    q = q.where(*conditions).order_by(_ENTITY[level].id).offset(offset)
     if limit is not None:
         q = q.limit(limit)
-    with ctx.db.session() as s:
-        rows = s.execute(q).all()
-    return [_to_json(level, row, include_instance_metadata) for row in rows]
+    if level == "PATIENT":
+        with ctx.db.session() as s:
+            return [_patient_json(row) for row in s.execute(q).all()]
+    with ctx.db.engine.connect() as conn:  # rows of plain columns: no ORM objects for a hot query
+        rows = conn.execute(q).all()
+    return [plan.render(row) for row in rows]
+
+
+_ENTITY: dict[str, Any] = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series, "IMAGE": Instance}
 
 
 def _base(level: str, site_id: int) -> Any:
+    """The query of ``level`` and its parents, selecting ORM entities (the patient level's counts; tests)."""
     if level == "PATIENT":
         n_studies = select(func.count(Study.id)).where(Study.patient_fk == Patient.id).scalar_subquery()
         n_series = select(func.coalesce(func.sum(Study.num_series), 0)).where(
@@ -137,15 +147,17 @@ def _base(level: str, site_id: int) -> Any:
         n_inst = select(func.coalesce(func.sum(Study.num_instances), 0)).where(
             Study.patient_fk == Patient.id).scalar_subquery()
         return select(Patient, n_studies, n_series, n_inst).where(Patient.site_id == site_id)
-    if level == "STUDY":
-        return (select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
-                .where(Study.site_id == site_id))
-    if level == "SERIES":
-        return (select(Series, Study, Patient).join(Study, Series.study_fk == Study.id)
-                .join(Patient, Study.patient_fk == Patient.id).where(Series.site_id == site_id))
-    return (select(Instance, Series, Study, Patient).join(Series, Instance.series_fk == Series.id)
-            .join(Study, Series.study_fk == Study.id).join(Patient, Study.patient_fk == Patient.id)
-            .where(Instance.site_id == site_id))
+    entities = [_ENTITY[lv] for lv in reversed(LEVELS[1:_RANK[level] + 1])] + [Patient]
+    return _joined(level, select(*entities)).where(_ENTITY[level].site_id == site_id)
+
+
+def _joined(level: str, q: Any) -> Any:
+    """``q`` joined from ``level`` up to the patient."""
+    if level == "IMAGE":
+        q = q.select_from(Instance).join(Series, Instance.series_fk == Series.id)
+    if level in ("IMAGE", "SERIES"):
+        q = (q if level == "IMAGE" else q.select_from(Series)).join(Study, Series.study_fk == Study.id)
+    return (q if level != "STUDY" else q.select_from(Study)).join(Patient, Study.patient_fk == Patient.id)
 
 
 # --- matching -----------------------------------------------------------------------------------------
@@ -241,32 +253,68 @@ def _elem(vr: str, value: Any) -> dict[str, Any]:
     return {"vr": vr, "Value": [value]}
 
 
-def _columns(out: dict[str, Any], level: str, obj: Any) -> None:
+def _patient_json(row: Any) -> dict[str, Any]:
+    patient, n_studies, n_series, n_inst = row
+    out = {tag: _elem(a.vr, getattr(patient, a.column.key)) for tag, a in ATTRIBUTES.items()
+           if a.level == "PATIENT" and a.column is not None}
+    out["00201200"] = _elem("IS", int(n_studies))
+    out["00201202"] = _elem("IS", int(n_series))
+    out["00201204"] = _elem("IS", int(n_inst))
+    return dict(sorted(out.items()))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The columns a STUDY / SERIES / IMAGE query selects, and how a row of them becomes DICOM JSON.
+
+    Each level contributes its stored DICOM JSON (study and series attributes of the first instance; the
+    instance's metadata with ``includefield=all``), then its indexed columns, which win over the JSON.
+    """
+
+    columns: tuple[Any, ...]
+    steps: tuple[tuple[str, str, int], ...]  # ("json", "", index) or (tag, vr, index)
+
+    def render(self, row: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for tag, vr, i in self.steps:
+            if tag == "json":
+                out.update(json.loads(row[i] or "{}"))
+            else:
+                out[tag] = _elem(vr, row[i])
+        return dict(sorted(out.items()))
+
+
+_JSON_COLUMN = {"STUDY": Study.attributes_json, "SERIES": Series.attributes_json, "IMAGE": Instance.metadata_json}
+_PLANS: dict[tuple[str, bool], _Plan] = {}
+
+
+def _plan(level: str, with_metadata: bool) -> _Plan:
+    plan = _PLANS.get((level, with_metadata))
+    if plan is None:
+        columns: list[Any] = []
+        steps: list[tuple[str, str, int]] = []
+        for lv in ("STUDY", "PATIENT", "SERIES", "IMAGE")[:_RANK[level] + 1]:  # the order values are merged in
+            if lv in _JSON_COLUMN and (lv != "IMAGE" or with_metadata):
+                steps.append(("json", "", len(columns)))
+                columns.append(_table_column(_JSON_COLUMN[lv]))
+            if lv == "STUDY":
+                continue  # its columns come after the patient's, as the study JSON may repeat patient values
+            _plan_columns(lv, columns, steps)
+            if lv == "PATIENT":
+                _plan_columns("STUDY", columns, steps)
+        plan = _PLANS[(level, with_metadata)] = _Plan(tuple(columns), tuple(steps))
+    return plan
+
+
+def _plan_columns(level: str, columns: list[Any], steps: list[tuple[str, str, int]]) -> None:
     for tag, attr in ATTRIBUTES.items():
         if attr.level == level and attr.column is not None:
-            out[tag] = _elem(attr.vr, getattr(obj, attr.column.key))
+            steps.append((tag, attr.vr, len(columns)))
+            columns.append(_table_column(attr.column))
 
 
-def _to_json(level: str, row: Any, with_metadata: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if level == "PATIENT":
-        patient, n_studies, n_series, n_inst = row
-        _columns(out, "PATIENT", patient)
-        out["00201200"] = _elem("IS", int(n_studies))
-        out["00201202"] = _elem("IS", int(n_series))
-        out["00201204"] = _elem("IS", int(n_inst))
-        return dict(sorted(out.items()))
-    study, patient = row[-2], row[-1]
-    out.update(json.loads(study.attributes_json or "{}"))
-    _columns(out, "PATIENT", patient)
-    _columns(out, "STUDY", study)
-    if level in ("SERIES", "IMAGE"):
-        series = row[1] if level == "IMAGE" else row[0]
-        out.update(json.loads(series.attributes_json or "{}"))
-        _columns(out, "SERIES", series)
-    if level == "IMAGE":
-        inst = row[0]
-        if with_metadata:
-            out.update(json.loads(inst.metadata_json))
-        _columns(out, "IMAGE", inst)
-    return dict(sorted(out.items()))
+def _table_column(attr: Any) -> Any:
+    """The table's own Column behind a mapped attribute. A result of ORM-annotated columns costs SQLAlchemy
+    an ``==`` (a new SQL expression) per column and query to match its cached result map; the plain Column
+    matches by identity."""
+    return attr.class_.__table__.c[attr.key]
