@@ -8,6 +8,9 @@ context in ``app.state.ctx``. Every route but ``/healthz`` and ``/api/auth/login
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -29,8 +32,13 @@ PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("POST", "/api/auth/login"), ("G
 
 
 def create_app(ctx: Context) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ctx.db.serve_event_loop()  # the reads run on the event loop take connections from its own pool
+        yield
+
     app = FastAPI(title="telerad", summary="Teleradiology archive: DICOMweb, WADO-URI and the telerad API",
-                  version="0.1.0")
+                  version="0.1.0", lifespan=lifespan)
     app.state.ctx = ctx
     for router in (qido.router, wado.router, rendered.router, stow.router):
         app.include_router(router, prefix=DICOMWEB_PREFIX, tags=["DICOMweb"])

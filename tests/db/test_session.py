@@ -68,3 +68,41 @@ def test_statistics_reach_connections_opened_before_analyze(ctx, site):
     fresh = plans()
     assert all("ix_studies_site_id" in p for p in stale), stale  # every study of the site is walked
     assert all(p.startswith("SEARCH patients USING") and "ix_studies_site_id" not in p for p in fresh), fresh
+
+
+def test_the_event_loop_thread_has_a_pool_of_its_own(ctx):
+    """A burst of thread-pool requests holding every shared connection must not stop the event loop."""
+    import threading
+
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    db = ctx.db
+    shared = db.engine
+    loop_side: dict[str, object] = {}
+
+    def event_loop_thread() -> None:
+        db.serve_event_loop()
+        loop_side["engine"] = db.engine
+        loop_side["on_loop"] = db.on_event_loop()
+        with db.engine.connect() as conn:  # while the shared pool is exhausted
+            loop_side["answer"] = conn.execute(text("SELECT 1")).scalar()
+
+    held = []
+    shared.pool._timeout = 0.2  # type: ignore[attr-defined]  # QueuePool: wait 0.2 s, not 30, when exhausted
+    try:
+        while len(held) <= 100:  # take every connection the shared pool will give
+            try:
+                held.append(shared.connect())
+            except PoolTimeout:
+                break
+        t = threading.Thread(target=event_loop_thread)
+        t.start()
+        t.join(10)
+        assert not t.is_alive()
+    finally:
+        for conn in held:
+            conn.close()
+    assert len(held) >= 5
+    assert loop_side == {"engine": loop_side["engine"], "on_loop": True, "answer": 1}
+    assert loop_side["engine"] is not shared
+    assert db.engine is shared and not db.on_event_loop()  # other threads keep the shared pool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,9 +11,12 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int | None = None) -> Engine:
+    """The engine for ``url``; ``pool_size`` bounds its pool (default: SQLAlchemy's for SQLite, 20 + 20 for
+    PostgreSQL)."""
+    pool = {} if pool_size is None else {"pool_size": pool_size, "max_overflow": pool_size}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -37,20 +41,49 @@ def make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None
 
         return engine
-    return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, **(pool or {"pool_size": 20, "max_overflow": 20}), pool_pre_ping=True)
 
 
 class Database:
-    """Holds the engine and hands out sessions; one per process."""
+    """Holds the engines and hands out sessions; one per process.
+
+    The HTTP server's event loop thread runs short index-bound reads itself (see
+    :mod:`telerad.adapters.http.offload`) and registers with :meth:`serve_event_loop`: from then on the
+    connections it takes come from a small pool of its own. Taken from the shared pool, a burst of
+    thread-pool requests holding every connection would stop the event loop, and with it every HTTP
+    request, until one came back.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = make_engine(url)
-        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+        self._shared = make_engine(url)
+        self._loop_engine: Engine | None = None
+        self._loop_thread: int | None = None
+        self._factory = sessionmaker(expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine for the calling thread: the event loop's own, or the shared one."""
+        return self._loop_engine if self._loop_engine is not None and self.on_event_loop() else self._shared
+
+    def on_event_loop(self) -> bool:
+        """Whether the calling thread is the registered event loop thread."""
+        return threading.get_ident() == self._loop_thread
+
+    def serve_event_loop(self) -> None:
+        """Give the calling thread (the HTTP server's event loop) a connection pool of its own."""
+        if self._shared.url.database in (None, "", ":memory:"):
+            return  # an in-memory SQLite database exists once per engine: there is no second pool to open
+        if self._loop_engine is None:
+            self._loop_engine = make_engine(self.url, pool_size=2)
+        self._loop_thread = threading.get_ident()
+
+    def _engines(self) -> list[Engine]:
+        return [self._shared] + ([self._loop_engine] if self._loop_engine is not None else [])
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
-        s = self._factory()
+        s = self._factory(bind=self.engine)
         if write:
             s.connection(execution_options={"telerad_write": True})
         try:
@@ -91,11 +124,13 @@ class Database:
             conn.exec_driver_sql("ANALYZE")
             conn.commit()
         if self.engine.dialect.name == "sqlite":
-            self.engine.dispose()
+            for engine in self._engines():
+                engine.dispose()
 
     def count_instances(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.exec_driver_sql("SELECT count(*) FROM instances").scalar_one())
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine in self._engines():
+            engine.dispose()

@@ -148,3 +148,48 @@ def test_audit_search_is_scoped_for_qa_and_itself_audited(ctx, new_client, site,
     ctx.audit.flush()
     used = audit.search(ctx.db, action="audit.access")[1]
     assert {r["actor"] for r in used} == {"qa", "boss"}
+
+
+def test_bearer_tokens_on_dicomweb_are_checked_on_every_request(ctx, new_client, site):
+    """DICOMweb checks a token on the event loop (adapters/http/auth.site_scope): the same refusals as the
+    thread-pool path, and the last-used time is still kept."""
+    from telerad.security import tokens, users
+
+    add_user(ctx, "ris", ["site_staff"], ["GH"])
+    put(ctx, site.id, ct_series(("Tok^En", "T1", "", "O"), "1.2.3.11", "A", 1, 16)[0])
+    secret, info = tokens.create_token(ctx, "ris", "GH")
+    c = new_client()
+
+    def studies(authorization: str) -> tuple[int, str]:
+        r = c.get("/dicom-web/studies", params={"PatientID": "T1"}, headers={"Authorization": authorization})
+        return r.status_code, r.json()["detail"] if r.status_code != 200 else str(len(r.json()))
+
+    def last_used():
+        with ctx.db.session() as s:
+            return s.execute(select(ApiToken.last_used_at).where(ApiToken.public_id == info.public_id)
+                             ).scalar_one()
+
+    assert last_used() is None
+    assert studies(f"Bearer {secret}") == (200, "1")
+    first = last_used()
+    assert first is not None  # recorded on first use ...
+    assert studies(f"Bearer {secret}") == (200, "1")
+    assert last_used() == first  # ... then at most once a minute
+    with ctx.db.session(write=True) as s:
+        s.execute(update(ApiToken).values(last_used_at=first - timedelta(minutes=2)))
+    assert studies(f"Bearer {secret}") == (200, "1")
+    assert last_used() > first - timedelta(minutes=2)
+    assert studies(f"Bearer {secret[:-2]}xx") == (401, "invalid token")
+    assert studies("Basic cmlzOnB3") == (401, "unsupported Authorization scheme: use Bearer with an API token")
+    assert c.get("/dicom-web/studies", headers={"Authorization": f"Bearer {secret}",
+                                                "X-Telerad-Site": "RC"}).status_code == 404
+    with ctx.db.session(write=True) as s:
+        s.execute(update(ApiToken).values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert studies(f"Bearer {secret}") == (401, "token expired")
+    with ctx.db.session(write=True) as s:
+        s.execute(update(ApiToken).values(expires_at=utcnow() + timedelta(days=1)))
+    users.update_user(ctx, "ris", disabled=True)
+    assert studies(f"Bearer {secret}") == (401, "account disabled")
+    users.update_user(ctx, "ris", disabled=False)
+    tokens.revoke_token(ctx, info.public_id)
+    assert studies(f"Bearer {secret}") == (401, "token revoked")

@@ -165,3 +165,37 @@ def test_other_site_data_never_counts(client, ctx, other_site, ct):
         put(ctx, other_site.id, data)
     row = client.get("/dicom-web/studies").json()[0]
     assert value(row, "00201208") == 3
+
+
+def test_index_bound_searches_run_on_the_event_loop_and_the_rest_in_the_thread_pool(client, ctx, ct, monkeypatch):
+    """adapters/http/offload: only searches bounded by an index lookup may hold the event loop."""
+    seen: list[bool] = []
+    real = qido._search
+
+    def spy(*args, **kwargs):
+        seen.append(ctx.db.on_event_loop())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qido, "_search", spy)
+    study, series, sop = ct[0].study, ct[0].series, ct[0].sop
+    cases = [
+        ("/dicom-web/studies", {"PatientID": "P1"}, True),
+        ("/dicom-web/studies", {"00100020": "P1"}, True),
+        ("/dicom-web/studies", {"StudyInstanceUID": study}, True),
+        ("/dicom-web/studies", {"AccessionNumber": "ACC1"}, True),
+        ("/dicom-web/series", {"SeriesInstanceUID": series}, True),
+        (f"/dicom-web/studies/{study}/series", {}, True),
+        ("/dicom-web/instances", {"SOPInstanceUID": sop}, True),
+        ("/dicom-web/studies", {"PatientID": "P*"}, False),  # wildcard: may scan
+        ("/dicom-web/studies", {"PatientName": "Doe^John"}, False),  # not an indexed key
+        ("/dicom-web/studies", {"patientid": "P1"}, False),  # not a keyword (ignored): a search of everything
+        ("/dicom-web/studies", {}, False),
+        ("/dicom-web/instances", {"PatientID": "P1"}, False),  # all of a patient's instances
+        (f"/dicom-web/studies/{study}/instances", {}, False),  # a whole study
+        (f"/dicom-web/studies/{study}/series/{series}/instances", {}, False),
+    ]
+    for path, params, inline in cases:
+        seen.clear()
+        r = client.get(path, params=params)
+        assert r.status_code == 200 and r.json(), (path, params)
+        assert seen == [inline], (path, params)

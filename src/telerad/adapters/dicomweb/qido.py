@@ -28,11 +28,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydicom.datadict import tag_for_keyword
 
 from telerad.adapters.dicomweb import media
-from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, header_safe, service_root, valid_path_uids
+from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, SiteScope, header_safe, service_root, valid_path_uids
+from telerad.adapters.http import offload
 from telerad.adapters.http.audit import audited
 from telerad.archive.parse import BASE_PLACEHOLDER
 from telerad.archive.query import QueryError, search, supported_keys
 from telerad.archive.retrieve import instance_url
+from telerad.context import Context
 from telerad.security.audit import Action
 
 router = APIRouter(dependencies=[Depends(valid_path_uids)])
@@ -108,7 +110,13 @@ def _keys(request: Request, level: str) -> tuple[dict[str, str], list[str]]:
     return keys, ignored
 
 
-def _search(request: Request, ctx: CtxDep, site: SiteDep, level: str, defaults: set[str],
+async def _searched(request: Request, ctx: Context, site: SiteScope, level: str, defaults: set[str],
+                    path_keys: dict[str, str]) -> Response:
+    bounded = _index_bound(request, level, path_keys)
+    return await offload.run(bounded, _search, request, ctx, site, level, defaults, path_keys)
+
+
+def _search(request: Request, ctx: Context, site: SiteScope, level: str, defaults: set[str],
             path_keys: dict[str, str]) -> Response:
     chosen = media.require(media.parse_accept(request.headers.get("accept")), media.DICOM_JSON)
     fields, include_all = _include(request)
@@ -139,7 +147,23 @@ def _search(request: Request, ctx: CtxDep, site: SiteDep, level: str, defaults: 
     return Response(body, media_type=chosen, headers=headers)
 
 
-def _parent_exists(ctx: CtxDep, site_id: int, path_keys: dict[str, str]) -> bool:
+# Keys whose exact value is an index lookup: unique per site, or nearly (a patient's studies).
+_INDEXED = {"00100020", STUDY_UID, "00080050", SERIES_UID, SOP_UID}  # PatientID, UIDs, AccessionNumber
+
+
+def _index_bound(request: Request, level: str, path_keys: dict[str, str]) -> bool:
+    """Whether the search is bounded by an index lookup and so small enough to run on the event loop
+    (:mod:`telerad.adapters.http.offload`): studies or series matched on an exact Patient ID, Accession
+    Number or UID, or a study's series; instances only by exact SOP Instance UID. Wildcard searches, and
+    other instance searches (a study's instances may be thousands), run in the thread pool."""
+    exact = {attribute_tag(name) for name, value in request.query_params.multi_items()
+             if value and "*" not in value and "?" not in value}
+    if level == "IMAGE":
+        return SOP_UID in exact
+    return bool(exact & _INDEXED) or STUDY_UID in path_keys
+
+
+def _parent_exists(ctx: Context, site_id: int, path_keys: dict[str, str]) -> bool:
     level = "SERIES" if SERIES_UID in path_keys else "STUDY"
     return bool(search(ctx, site_id, level, dict(path_keys), limit=1))
 
@@ -167,37 +191,37 @@ def _uid(row: dict[str, Any], tag: str) -> str:
 
 @router.get("/studies", summary="Search for studies (PS3.18 10.6)")
 @audited(Action.QUERY)
-def search_studies(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
-    return _search(request, ctx, site, "STUDY", STUDY_DEFAULT, {})
+async def search_studies(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return await _searched(request, ctx, site, "STUDY", STUDY_DEFAULT, {})
 
 
 @router.get("/series", summary="Search for series, all studies")
 @audited(Action.QUERY)
-def search_all_series(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
-    return _search(request, ctx, site, "SERIES", SERIES_DEFAULT | STUDY_DEFAULT, {})
+async def search_all_series(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return await _searched(request, ctx, site, "SERIES", SERIES_DEFAULT | STUDY_DEFAULT, {})
 
 
 @router.get("/studies/{study}/series", summary="Search for a study's series")
 @audited(Action.QUERY)
-def search_study_series(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
-    return _search(request, ctx, site, "SERIES", SERIES_DEFAULT | {STUDY_UID}, {STUDY_UID: study})
+async def search_study_series(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return await _searched(request, ctx, site, "SERIES", SERIES_DEFAULT | {STUDY_UID}, {STUDY_UID: study})
 
 
 @router.get("/instances", summary="Search for instances, all studies")
 @audited(Action.QUERY)
-def search_all_instances(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
-    return _search(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | SERIES_DEFAULT | STUDY_DEFAULT, {})
+async def search_all_instances(request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return await _searched(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | SERIES_DEFAULT | STUDY_DEFAULT, {})
 
 
 @router.get("/studies/{study}/instances", summary="Search for a study's instances")
 @audited(Action.QUERY)
-def search_study_instances(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
-    return _search(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | SERIES_DEFAULT | {STUDY_UID},
-                   {STUDY_UID: study})
+async def search_study_instances(study: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return await _searched(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | SERIES_DEFAULT | {STUDY_UID},
+                           {STUDY_UID: study})
 
 
 @router.get("/studies/{study}/series/{series}/instances", summary="Search for a series' instances")
 @audited(Action.QUERY)
-def search_series_instances(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
-    return _search(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | {STUDY_UID, SERIES_UID},
-                   {STUDY_UID: study, SERIES_UID: series})
+async def search_series_instances(study: str, series: str, request: Request, ctx: CtxDep, site: SiteDep) -> Response:
+    return await _searched(request, ctx, site, "IMAGE", INSTANCE_DEFAULT | {STUDY_UID, SERIES_UID},
+                           {STUDY_UID: study, SERIES_UID: series})

@@ -21,7 +21,7 @@ from telerad.context import Context
 from telerad.domain.access import Permission
 from telerad.security.auth import session_principal
 from telerad.security.scope import Forbidden, Principal, SiteScope, Unauthenticated, require, resolve_site
-from telerad.security.tokens import token_principal
+from telerad.security.tokens import check_token, token_principal, touch_token
 
 SITE_HEADER = "X-Telerad-Site"
 CSRF_HEADER = "X-CSRF-Token"
@@ -38,14 +38,22 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def _bearer(request: Request) -> str | None:
+    """The bearer token of the request (RFC 6750 2.1), None without an Authorization header."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Unauthenticated("unsupported Authorization scheme: use Bearer with an API token")
+    return credentials.strip()
+
+
 def _authenticate(ctx: Context, request: Request) -> Principal:
     source = client_address(request)
-    header = request.headers.get("authorization")
-    if header is not None:
-        scheme, _, credentials = header.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise Unauthenticated("unsupported Authorization scheme: use Bearer with an API token")
-        return token_principal(ctx, credentials.strip(), source)
+    token = _bearer(request)
+    if token is not None:
+        return token_principal(ctx, token, source)
     cookie = request.cookies.get(cookie_name(ctx))
     if cookie:
         principal, csrf = session_principal(ctx, cookie, source)
@@ -92,14 +100,28 @@ def _scope(ctx: Context, request: Request, perm: Permission, code: str | None) -
 
 
 def site_scope(perm: Permission, query_param: str | None = None) -> Callable[[Request], Awaitable[SiteScope]]:
-    """Dependency: the one site the request acts on for ``perm`` (authentication and site in one thread-pool
-    hop). ``query_param`` also lets a plain URL name the site (WADO-URI links cannot set headers)."""
+    """Dependency: the one site the request acts on for ``perm``. ``query_param`` also lets a plain URL name
+    the site (WADO-URI links cannot set headers).
+
+    A bearer token is checked on the event loop (one indexed read, see :mod:`telerad.adapters.http.offload`),
+    and so is the site, whose code is cached after its first lookup; only the minute-ly last-used write goes
+    to the thread pool. A session cookie (several reads, a write every half minute) is checked there, with the
+    site, in one hop.
+    """
 
     async def dependency(request: Request) -> SiteScope:
         code = request.headers.get(SITE_HEADER)
         if not code and query_param:
             code = request.query_params.get(query_param)
-        return await run_in_threadpool(_scope, request.app.state.ctx, request, perm, code)
+        ctx: Context = request.app.state.ctx
+        token = _bearer(request) if getattr(request.state, "principal", None) is None else None
+        if token is not None:
+            principal, last_used_stale = check_token(ctx, token, client_address(request))
+            _remember(request, principal)
+            if last_used_stale:
+                await run_in_threadpool(touch_token, ctx, principal)
+            return _scope(ctx, request, perm, code)
+        return await run_in_threadpool(_scope, ctx, request, perm, code)
 
     dependency.__name__ = f"site_for_{perm.name.lower()}"
     return dependency
