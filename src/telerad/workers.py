@@ -141,7 +141,7 @@ def run_worker(ctx: Context) -> None:
     """``telerad dimse-worker``: one more DICOM listener on the shared port, until SIGTERM or until the parent
     ``telerad serve`` is gone."""
     from telerad.adapters.dimse.server import start_dimse
-    from telerad.server import configure_logging, keep_statistics_fresh
+    from telerad.server import configure_logging, keep_statistics_fresh, settle_heap
 
     configure_logging()
     parent = os.getppid()
@@ -153,6 +153,7 @@ def run_worker(ctx: Context) -> None:
     # Each process plans its own queries: statistics gathered elsewhere do not reach its pooled connections.
     threading.Thread(target=keep_statistics_fresh, args=(ctx,), name="db-analyze", daemon=True).start()
     dimse = start_dimse(ctx, reuse_port=True)
+    settle_heap()
     log.info("DIMSE worker listening on %s:%d", *dimse.address)
     ready_fd = os.environ.pop(READY_FD_ENV, "")
     if ready_fd.isdigit():
