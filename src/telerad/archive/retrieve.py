@@ -211,6 +211,17 @@ def frames(ctx: Context, inst: StoredInstance, numbers: list[int]) -> PixelPaylo
     return PixelPayload([all_frames[n - 1] for n in numbers], media_type, ts)
 
 
+def indexed_frame_bytes(inst: StoredInstance, numbers: list[int]) -> int | None:
+    """How many bytes :func:`frames` reads straight from the file for ``numbers``; None when it would parse
+    the file instead (no frame index, big endian) or a number is out of range (``frames`` says why)."""
+    if not inst.frames_json or inst.transfer_syntax_uid == ExplicitVRBigEndian:
+        return None
+    index: list[list[list[int]]] = json.loads(inst.frames_json)
+    if any(not 1 <= n <= len(index) for n in numbers):
+        return None
+    return sum(length for n in numbers for _, length in index[n - 1])
+
+
 def _read_fragments(f: Any, fragments: list[list[int]]) -> bytes:
     out = bytearray()
     for offset, length in fragments:

@@ -261,3 +261,34 @@ def test_missing_blob_is_503_not_a_broken_stream(client, ctx, site, ct):
     ctx.blobs.path(wado.retrieve.get_instance(ctx, site.id, ct[0].study, ct[0].series, ct[0].sop).blob_key).unlink()
     r = client.get(f"/dicom-web/studies/{ct[0].study}", headers=SITE)
     assert r.status_code == 503 and ct[0].sop in r.json()["detail"]
+
+
+def test_small_indexed_frames_are_read_on_the_event_loop_and_the_rest_in_the_thread_pool(client, ctx, site,
+                                                                                         monkeypatch):
+    """adapters/http/offload: a few indexed frames are read inline; a large request, or one that must parse
+    the file, keeps the thread-pool hop; each answers the same either way."""
+    seen: list[bool] = []
+    real = wado._frames_response
+
+    def spy(*args, **kwargs):
+        seen.append(ctx.db.on_event_loop())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wado, "_frames_response", spy)
+    native = put(ctx, site.id, mr_like(frames=4, size=16))
+    deflated = put(ctx, site.id, sample_file("image_dfl.dcm"))
+    big_endian = put(ctx, site.id, sample_file("MR_small_bigendian.dcm"))
+
+    def frames(inst, frame_list: str) -> tuple[int, bool]:
+        seen.clear()
+        r = client.get(f"{inst.path}/frames/{frame_list}")
+        assert len(seen) == 1
+        return r.status_code, seen[0]
+
+    assert frames(native, "1,3") == (200, True)
+    assert frames(native, "5") == (404, False)  # out of range: the thread-pool path says why
+    assert frames(deflated, "1") == (200, False)  # no frame index: the file is parsed
+    assert frames(big_endian, "1") == (200, False)  # byte-swapped after a parse of the header
+    monkeypatch.setattr(wado, "INLINE_FRAME_BYTES", 16 * 16 * 2)  # one frame of the native instance
+    assert frames(native, "2") == (200, True)
+    assert frames(native, "1,2") == (200, False)
