@@ -508,3 +508,43 @@ def test_empty_fragments_hold_no_memory() -> None:
     assert pending is not None and pending.parts is not None
     assert len(pending.parts) == 1 and len(pending.parts[0]) == 20 * 37_449  # the 1-byte fragments, gathered
     assert held < 2 * 20 * 37_449  # about the data received, not ~200 bytes per fragment
+
+
+def test_gathered_writes_deliver_every_byte_in_order_through_partial_sends():
+    """lean.send_gathered: a socket with a timeout (non-blocking underneath) and a small send buffer makes the
+    kernel take part of a gathering write at a time; what it left must go next, and nothing twice."""
+    import os
+    import threading
+
+    from telerad.adapters.dimse.lean import send_gathered
+    from telerad.adapters.dimse.ul import p_data_parts
+
+    payload = os.urandom(3 << 20)
+    buffers: list = []
+    for head, chunk in p_data_parts(1, memoryview(payload), command=False, peer_max=4096):
+        buffers += (head, chunk)
+    buffers.insert(0, b"")  # an empty buffer is skipped, not a stall
+    expected = b"".join(bytes(b) for b in buffers)
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.settimeout(10)
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(expected):
+            time.sleep(0.001)  # a slow reader: the sender's buffer fills
+            data = b.recv(65536)
+            if not data:
+                return
+            received.extend(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        send_gathered(a, buffers)
+        reader.join(30)
+    finally:
+        a.close()
+        b.close()
+    assert len(buffers) > 1000  # more than one sendmsg's worth of buffers
+    assert bytes(received) == expected

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -72,7 +73,8 @@ COMMAND_SYNTAXES = frozenset({str(ImplicitVRLittleEndian), str(ExplicitVRLittleE
 C_STORE_RQ, C_GET_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0010, 0x0030, 0x0FFF
 UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5.7
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.8
-_SEND_BATCH = 1 << 20  # bytes of P-DATA-TF PDUs handed to one sendall
+_SEND_BATCH = 1 << 20  # bytes of P-DATA-TF PDUs handed to one gathering write
+_IOV_MAX = 1000  # buffers per sendmsg (Linux allows 1024)
 # Data Set fragments at least this large are kept as views of their PDU; smaller ones are copied together, so
 # a peer sending tiny or empty fragments cannot make the association hold more than the data it sent.
 _VIEW_MIN = 64 << 10
@@ -452,23 +454,43 @@ class LeanAssociation:
         self.send_message(context_id, ul.encode_command(elements), data_set)
 
     def send_message(self, context_id: int, command: bytes, data_set: bytes | memoryview | None) -> None:
-        pdus = list(ul.p_data_pdus(context_id, command, command=True, peer_max=self.peer_max))
-        if data_set is None:
-            self.sock.sendall(b"".join(pdus))
-            return
-        batch, size = pdus, 0
-        for pdu in ul.p_data_pdus(context_id, data_set, command=False, peer_max=self.peer_max):
-            batch.append(pdu)
-            size += len(pdu)
-            if size >= _SEND_BATCH:
-                self.sock.sendall(b"".join(batch))
-                batch, size = [], 0
-        if batch:
-            self.sock.sendall(b"".join(batch))
+        """The command and its data set as P-DATA-TF PDUs: headers and slices of ``data_set`` handed to the
+        kernel in gathering writes of up to ``_SEND_BATCH`` bytes (no copy of the data set in Python; a C-GET
+        sends every stored file through here)."""
+        buffers: list[bytes | memoryview] = []
+        for head, chunk in ul.p_data_parts(context_id, command, command=True, peer_max=self.peer_max):
+            buffers += (head, chunk)
+        if data_set is not None:
+            size = 0
+            for head, chunk in ul.p_data_parts(context_id, data_set, command=False, peer_max=self.peer_max):
+                buffers += (head, chunk)
+                size += len(chunk)
+                if size >= _SEND_BATCH or len(buffers) >= _IOV_MAX:
+                    send_gathered(self.sock, buffers)
+                    buffers, size = [], 0
+        if buffers:
+            send_gathered(self.sock, buffers)
 
     def next_message_id(self) -> int:
         self._message_id = self._message_id % 0xFFFF + 1
         return self._message_id
+
+
+def send_gathered(sock: socket.socket, buffers: list[bytes | memoryview]) -> None:
+    """``sock.sendall(b"".join(buffers))`` without the join: one gathering write (sendmsg) per call, repeated
+    for what a partial write left (a socket with a timeout is non-blocking underneath)."""
+    if isinstance(sock, ssl.SSLSocket):  # TLS has no gathering write
+        sock.sendall(b"".join(buffers))
+        return
+    views = [memoryview(b).cast("B") for b in buffers]
+    first = 0
+    while first < len(views):
+        sent = sock.sendmsg(views[first:first + _IOV_MAX])
+        while first < len(views) and sent >= views[first].nbytes:
+            sent -= views[first].nbytes
+            first += 1
+        if sent:
+            views[first] = views[first][sent:]
 
 
 def _status_elements(code: int | Dataset) -> dict[int, int | str]:

@@ -93,15 +93,26 @@ def p_data_pdus(context_id: int, data: bytes | memoryview, *, command: bool, pee
     """P-DATA-TF PDUs carrying ``data`` in fragments that fit the peer's Maximum Length Received
     (PS3.8 D.1: the variable field of a P-DATA-TF; 0 means no limit), one PDV each (PS3.8 E.2 control
     header: bit 0 command, bit 1 last fragment)."""
+    for head, chunk in p_data_parts(context_id, data, command=command, peer_max=peer_max):
+        yield head + chunk
+
+
+def p_data_parts(context_id: int, data: bytes | memoryview, *, command: bool,
+                 peer_max: int) -> Iterator[tuple[bytes, bytes | memoryview]]:
+    """:func:`p_data_pdus` as (PDU and PDV headers, fragment) pairs: the fragments are slices of ``data``,
+    for a gathering write that copies nothing."""
     room = NO_LIMIT_FRAGMENT if peer_max == 0 else max(peer_max - 6, 1)
     pos = 0
     while True:
         chunk = data[pos:pos + room]
         pos += len(chunk)
         control = (1 if command else 0) | (2 if pos >= len(data) else 0)
-        yield struct.pack(">BxIIBB", P_DATA_TF, 6 + len(chunk), 2 + len(chunk), context_id, control) + chunk
+        yield _PDV_HEAD.pack(P_DATA_TF, 6 + len(chunk), 2 + len(chunk), context_id, control), chunk
         if pos >= len(data):
             return
+
+
+_PDV_HEAD = struct.Struct(">BxIIBB")  # PDU type, reserved, PDU length; PDV item length, context id, control
 
 
 # -- DIMSE command sets: group 0000, Implicit VR Little Endian (PS3.7 6.3.1, E.1) ------------------------
