@@ -3,7 +3,7 @@
 Retrieval is hierarchical (PS3.4 C.4.2.2.1, C.4.3.2.1): the Identifier carries the unique keys of the
 Query/Retrieve Level and the levels above it, the level's own unique key is required (a single value or a
 list of UIDs, PS3.4 C.2.2.2.2) and wild cards are not allowed. Instances are found with the shared matcher
-(:func:`telerad.archive.query.search`, IMAGE level) within the calling node's site only, and their stored
+(:func:`telerad.archive.query.find_stored`, IMAGE level) within the calling node's site only, and their stored
 files are sent byte for byte (:mod:`.rawsend`) in C-STORE sub-operations:
 
 - C-MOVE: to the Move Destination, which must be a registered node of the *same* site as the calling node
@@ -38,14 +38,12 @@ from pydicom.dataset import Dataset
 from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_FAILURE, STATUS_WARNING, STORAGE_SERVICE_CLASS_STATUS
-from sqlalchemy import select
 
 from telerad.adapters.dimse.audit import Peer, outcome_of
 from telerad.adapters.dimse.common import Runtime
 from telerad.adapters.dimse.find import (
     CANCEL,
     MODEL_LEVELS,
-    STUDY_UID,
     IdentifierError,
     model_of,
     parse_identifier,
@@ -53,8 +51,7 @@ from telerad.adapters.dimse.find import (
 )
 from telerad.adapters.dimse.rawsend import StoredFile, sent_status
 from telerad.archive import registry
-from telerad.archive.query import search
-from telerad.db.models import Instance
+from telerad.archive.query import find_stored
 from telerad.security.audit import MINOR_FAILURE, SUCCESS, Action, Event
 
 log = logging.getLogger(__name__)
@@ -65,7 +62,6 @@ SUBOPERATIONS_FAILED = 0xA702  # PS3.4 C.4.2.1.5, C.4.3.1.4: unable to perform s
 SUBOPERATIONS_WARNING = 0xB000  # sub-operations complete, one or more failures or warnings
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255
 UNIQUE_KEYS = {"PATIENT": "00100020", "STUDY": "0020000D", "SERIES": "0020000E", "IMAGE": "00080018"}
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -97,19 +93,7 @@ def retrieve_keys(identifier: Dataset, model: str) -> dict[str, str]:
 
 def matching_instances(rt: Runtime, site_id: int, identifier: Dataset, model: str) -> list[StoredInstance]:
     """Stored instances of ``site_id`` selected by a retrieve Identifier, in archive order."""
-    keys = retrieve_keys(identifier, model)
-    rows = search(rt.ctx, site_id, "IMAGE", keys)
-    studies = {r["00080018"]["Value"][0]: (r.get(STUDY_UID, {}).get("Value") or [""])[0]
-               for r in rows if r.get("00080018", {}).get("Value")}
-    uids = list(studies)
-    found: dict[str, StoredInstance] = {}
-    with rt.ctx.db.session() as s:
-        for i in range(0, len(uids), _CHUNK):
-            q = select(Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.blob_key)
-            q = q.where(Instance.site_id == site_id, Instance.sop_uid.in_(uids[i: i + _CHUNK]))
-            for sop_uid, sop_class, ts, key in s.execute(q):
-                found[sop_uid] = StoredInstance(sop_uid, sop_class, ts, key, studies.get(sop_uid, ""))
-    return [found[u] for u in uids if u in found]
+    return [StoredInstance(*row) for row in find_stored(rt.ctx, site_id, retrieve_keys(identifier, model))]
 
 
 def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
