@@ -87,6 +87,22 @@ def test_get_study_is_byte_identical(ctx: Context, dcmtk: Dcmtk, gh_study: Study
     assert_identical(ctx, files, gh_study, set(gh_study.sops))
 
 
+def test_get_goes_on_past_an_unreadable_stored_file(ctx: Context, dcmtk: Dcmtk, gh_study: Study) -> None:
+    """The lean C-GET reads each next file while the requestor stores the current one: a file that cannot
+    be read is a failed sub-operation (PS3.4 C.4.3.1.4), the ones around it still go out."""
+    lost = gh_study.sops[1]
+    with ctx.db.session() as s:
+        key = s.execute(select(Instance.blob_key).where(Instance.sop_uid == lost)).scalar_one()
+    ctx.blobs.path(key).unlink()
+    r, files = dcmtk.get(GH_AE, "-S", ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={gh_study.uid}"])
+    assert_identical(ctx, files, gh_study, set(gh_study.sops) - {lost})
+    assert "Number of Failed Suboperations    : 1" in r.out, r.out
+    r, files = dcmtk.get(GH_AE, "-S", ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={gh_study.uid}",
+                                      f"SeriesInstanceUID={gh_study.ct_series}", f"SOPInstanceUID={gh_study.sops[0]}"])
+    assert r.rc == 0, r.out
+    assert_identical(ctx, files, gh_study, {gh_study.sops[0]})
+
+
 @BOTH
 def test_get_series_and_image_levels(ctx: Context, dcmtk: Dcmtk, gh_study: Study, model: str) -> None:
     r, files = dcmtk.get(GH_AE, model, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={gh_study.uid}",

@@ -14,8 +14,10 @@ Every C-GET is audited when it ends, as on the pynetdicom path (:class:`.retriev
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
+from collections.abc import Callable
 from io import BytesIO
 from typing import TYPE_CHECKING
 
@@ -103,12 +105,22 @@ class _Get:
             return
         self.record.expect(instances)
         log.info("C-GET by %s of %d instances", self.assoc.calling_ae_title, len(instances))
+        # The next file is read while the requestor stores the current one (between our C-STORE-RQ and its
+        # response): at most two files are held.
+        loaded: dict[int, tuple[bytes, int] | None] = {}
+
+        def load(i: int) -> None:
+            if i < len(instances) and i not in loaded:
+                loaded[i] = self._read(instances[i])
+
         for done, inst in enumerate(instances):
             if self.cancelled:
                 self.record.status = CANCEL
                 self._final(CANCEL, remaining=len(instances) - done)
                 return
-            self.record.settle_status(inst, self._sub_operation(inst))
+            load(done)
+            status = self._sub_operation(inst, loaded.pop(done), functools.partial(load, done + 1))
+            self.record.settle_status(inst, status)
             if done + 1 < len(instances):
                 self._respond(PENDING, remaining=len(instances) - done - 1)
         self.record.finish()
@@ -146,25 +158,35 @@ class _Get:
                            {ul.STATUS: code, ul.ERROR_COMMENT: str(status(code, reason).ErrorComment)},
                            sop_class=self.model)
 
-    def _sub_operation(self, inst: StoredInstance) -> int | None:
-        """One C-STORE sub-operation; the Status of the requestor's response, None when it could not be sent."""
+    def _read(self, inst: StoredInstance) -> tuple[bytes, int] | None:
+        """The stored file and where its data set starts; None when it cannot be read (logged)."""
+        try:
+            data = self.rt.ctx.blobs.path(inst.blob_key).read_bytes()
+            return data, data_set_offset(data)
+        except (OSError, ValueError) as exc:
+            log.error("stored file of instance %s (blob %s) unreadable: %s", inst.sop_uid, inst.blob_key, exc)
+            return None
+
+    def _sub_operation(self, inst: StoredInstance, stored: tuple[bytes, int] | None,
+                       while_waiting: Callable[[], None]) -> int | None:
+        """One C-STORE sub-operation of ``stored`` (from :meth:`_read`); the Status of the requestor's response,
+        None when it could not be sent. ``while_waiting`` runs once the request is out."""
         context_id = self.assoc.sub_op_contexts.get((inst.sop_class_uid, inst.transfer_syntax_uid))
         if context_id is None:
             log.warning("C-GET: no accepted context for %s in %s", inst.sop_class_uid, inst.transfer_syntax_uid)
             self.failed_uids.append(inst.sop_uid)
             return None
-        try:
-            data = self.rt.ctx.blobs.path(inst.blob_key).read_bytes()
-            offset = data_set_offset(data)
-        except (OSError, ValueError) as exc:
-            log.error("stored file of instance %s (blob %s) unreadable: %s", inst.sop_uid, inst.blob_key, exc)
+        if stored is None:
             self.failed_uids.append(inst.sop_uid)
             return None
+        data, offset = stored
         message_id = self.assoc.next_message_id()
         command = ul.encode_command({
             ul.AFFECTED_SOP_CLASS_UID: inst.sop_class_uid, ul.COMMAND_FIELD: 0x0001, ul.MESSAGE_ID: message_id,
             ul.PRIORITY: 0, ul.COMMAND_DATA_SET_TYPE: 0x0001, ul.AFFECTED_SOP_INSTANCE_UID: inst.sop_uid})
         self.assoc.send_message(context_id, command, memoryview(data)[offset:])
+        del data, stored  # the next file may be read meanwhile: hold one at a time here
+        while_waiting()
         status = self._store_response(message_id)
         if status is None or STORAGE_SERVICE_CLASS_STATUS.get(status, (STATUS_FAILURE, ""))[0] == STATUS_FAILURE:
             self.failed_uids.append(inst.sop_uid)  # counted as failed by _RetrieveRecord.settle_status too
