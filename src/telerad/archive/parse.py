@@ -25,6 +25,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from telerad.archive import dicom_json
 from telerad.archive.errors import CANNOT_UNDERSTAND, DATASET_MISMATCH, OUT_OF_RESOURCES, RejectedObject
 
 PREAMBLE = b"\x00" * 128
@@ -312,7 +313,7 @@ def _to_json(ds: Dataset, pixel_tag: int | None) -> dict[str, Any]:
     BulkDataURIs carry a placeholder for the instance URL, filled in when served.
     """
     try:
-        out = ds.to_json_dict(BULK_THRESHOLD, _BulkUris(ds), suppress_invalid_tags=True)
+        out = dicom_json.to_json_dict(ds, BULK_THRESHOLD, _BulkUris(ds))
     except Exception as exc:  # pragma: no cover - pydicom raises for unencodable values
         raise RejectedObject(CANNOT_UNDERSTAND, f"cannot represent the object as DICOM JSON: {exc}") from exc
     if pixel_tag is not None:
