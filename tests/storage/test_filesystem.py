@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from telerad.storage.filesystem import FileSystemStore, InvalidKey
+from telerad.storage.filesystem import LAYOUT_VERSION, FileSystemStore, InvalidKey
 
 
 def test_content_addressed_and_idempotent(tmp_path):
@@ -32,3 +32,44 @@ def test_verify_detects_corruption(tmp_path):
     assert not store.verify(key)
     store.delete(key)
     assert not store.verify(key)
+
+
+def test_one_level_fan_out_made_when_the_store_is_opened(tmp_path):
+    store = FileSystemStore(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if len(p.name) == 2) == [f"{i:02x}" for i in range(256)]
+    assert (tmp_path / "layout").read_bytes() == LAYOUT_VERSION
+    key, _ = store.put(b"one level")
+    assert store.path(key) == tmp_path / key[:2] / key and store.path(key).read_bytes() == b"one level"
+
+
+def test_a_store_in_the_two_level_layout_is_moved_into_one_level_when_opened(tmp_path):
+    blobs = {hashlib.sha256(b"blob %d" % i).hexdigest(): b"blob %d" % i for i in range(20)}
+    for key, data in blobs.items():
+        (tmp_path / key[:2] / key[2:4]).mkdir(parents=True, exist_ok=True)
+        (tmp_path / key[:2] / key[2:4] / key).write_bytes(data)
+    stray_key = next(iter(blobs))
+    (tmp_path / stray_key[:2] / stray_key[2:4] / "notes.txt").write_text("not a blob")
+
+    store = FileSystemStore(tmp_path)
+    for key, data in blobs.items():
+        assert store.path(key).read_bytes() == data and store.verify(key)
+        assert not (tmp_path / key[:2] / key[2:4] / key).exists()
+    leaves = [p for fan in tmp_path.iterdir() if fan.is_dir() for p in fan.iterdir() if p.is_dir()]
+    assert leaves == [tmp_path / stray_key[:2] / stray_key[2:4]]  # kept: it holds something not a blob
+    assert (tmp_path / "layout").exists()
+    assert store.put(b"blob 3") == (hashlib.sha256(b"blob 3").hexdigest(), 6)  # already there: no new copy
+
+
+def test_the_layout_is_upgraded_once(tmp_path):
+    FileSystemStore(tmp_path)
+    (tmp_path / "ab" / "cd").mkdir()
+    (tmp_path / "ab" / "cd" / ("ab" + "0" * 62)).write_bytes(b"x")
+    FileSystemStore(tmp_path)  # the layout file says it is done: nothing is walked or moved again
+    assert (tmp_path / "ab" / "cd" / ("ab" + "0" * 62)).exists()
+
+
+def test_a_removed_fan_out_directory_is_made_again(tmp_path):
+    store = FileSystemStore(tmp_path)
+    key = hashlib.sha256(b"again").hexdigest()
+    (tmp_path / key[:2]).rmdir()
+    assert store.put(b"again") == (key, 5) and store.path(key).read_bytes() == b"again"
