@@ -14,7 +14,8 @@ whose JSON cannot depend on anything else are cached: short values of a VR that 
 BulkDataURI names the element's place in the object), written explicitly or, for implicit VR, the data
 dictionary's VR of a public tag when that is unambiguous (not "US or SS", whose choice depends on Pixel
 Representation; not private tags, whose VR depends on their private creator). Everything else (sequences,
-binary VRs, ambiguous or implicit VRs, values already converted) goes through pydicom as before.
+binary VRs, ambiguous VRs, private tags without an explicit VR, long values, values already converted) goes
+through pydicom as before.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pydicom import config
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.dataset import logger as pydicom_logger  # the logger pydicom's own to_json_dict warns on
 
 # VRs whose JSON is a function of the value bytes alone (given byte order and character set); binary VRs
 # (OB, OW, UN...) may become BulkDataURIs and SQ holds datasets, so they are not here.
@@ -61,9 +63,8 @@ def to_json_dict(ds: Dataset, bulk_data_threshold: int,
                     continue
             try:
                 element = ds[tag].to_json_dict(bulk_data_handler, bulk_data_threshold)
-            except Exception as exc:
-                # pydicom itself logs and drops such an element with suppress_invalid_tags=True
-                _log_invalid(tag, exc)
+            except Exception as exc:  # pydicom, with suppress_invalid_tags=True, logs and drops it the same way
+                pydicom_logger.warning(f"Error while processing tag {tag:08X}: {exc}")
                 continue
             out[f"{tag:08X}"] = element
             if key is not None:
@@ -104,8 +105,3 @@ def _charset(ds: Dataset) -> str:
         return "raw:" + value.decode("latin-1")
     return "value:" + repr(value)
 
-
-def _log_invalid(tag: int, exc: Exception) -> None:
-    from pydicom.dataset import logger  # the logger pydicom's own to_json_dict warns on
-
-    logger.warning(f"Error while processing tag {tag:08X}: {exc}")

@@ -58,16 +58,16 @@ class FileSystemStore:
         for fan in self.root.iterdir():
             if not _FAN.match(fan.name) or not fan.is_dir():
                 continue
-            for leaf in fan.iterdir():
-                if not _FAN.match(leaf.name) or not leaf.is_dir():
-                    continue
+            leaves = [leaf for leaf in fan.iterdir() if _FAN.match(leaf.name) and leaf.is_dir()]
+            for leaf in leaves:
                 for blob in leaf.iterdir():
                     if _KEY.match(blob.name) and blob.name[:2] == fan.name:
                         with contextlib.suppress(FileNotFoundError):
                             os.replace(blob, fan / blob.name)
                 with contextlib.suppress(OSError):  # not empty: something that is not a blob stays
                     leaf.rmdir()
-            _fsync_dir(fan)
+            if leaves:  # blobs moved in; a new, empty fan-out directory is made durable by the root's fsync
+                _fsync_dir(fan)
         _fsync_dir(self.root)
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="layout-")
         with os.fdopen(fd, "wb") as f:
