@@ -54,12 +54,13 @@ def _instance_count(ctx: Context) -> int:
 
 def http_config(ctx: Context) -> uvicorn.Config:
     """The uvicorn configuration of the HTTP listener; TLS when a certificate and key are configured."""
+    from telerad.adapters.http.sendfile import SendfileProtocol
     from telerad.adapters.http.tls import server_context
     from telerad.app import create_app
 
     s = ctx.settings
     config = uvicorn.Config(create_app(ctx), host=s.http_host, port=s.http_port, log_level="info",
-                            access_log=s.http_access_log)
+                            access_log=s.http_access_log, http=SendfileProtocol)
     if s.http_tls_cert and s.http_tls_key:
         cert, key = s.http_tls_cert, s.http_tls_key
         config.ssl_certfile, config.ssl_keyfile = str(cert), str(key)

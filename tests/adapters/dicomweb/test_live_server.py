@@ -20,6 +20,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from support import free_port
 
+from telerad.adapters.http.sendfile import SendfileProtocol
 from telerad.app import create_app
 from telerad.archive.demo import ct_series
 from telerad.context import Context
@@ -28,7 +29,9 @@ from telerad.context import Context
 @pytest.fixture
 def server(ctx: Context, site, other_site) -> Iterator[str]:
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning"))
+    # The protocol `telerad serve` uses: WADO-RS instances go out through sendfile(2).
+    srv = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning",
+                                        http=SendfileProtocol))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -92,6 +95,13 @@ def test_dicomweb_client_round_trip(server, auth):
         raw = requests.get(url, headers=auth["GH"], timeout=30)
         (_, content), = split_multipart(raw.headers["content-type"], raw.content)
         assert content == zero_preamble(wire[ds.SOPInstanceUID])
+
+    # WADO-RS study: every instance byte for byte in one multipart response, and through dicomweb-client
+    raw = requests.get(f"{server}/dicom-web/studies/{study}", headers=auth["GH"], timeout=30)
+    assert int(raw.headers["content-length"]) == len(raw.content)
+    parts = split_multipart(raw.headers["content-type"], raw.content)
+    assert sorted(c for _, c in parts) == sorted(zero_preamble(wire[d.SOPInstanceUID]) for d in ct)
+    assert sorted(d.SOPInstanceUID for d in web.retrieve_study(study)) == sorted(d.SOPInstanceUID for d in ct)
 
     # WADO-RS metadata
     meta = web.retrieve_study_metadata(study)

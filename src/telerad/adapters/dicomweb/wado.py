@@ -1,11 +1,12 @@
 """WADO-RS, the Retrieve transaction (PS3.18 10.4): instances, metadata, frames and bulk data.
 
-* Instances (Table 10.4.1-1) are ``multipart/related; type="application/dicom"``, streamed from the stored
-  files in 1 MiB chunks; the bytes are sent as stored (transfer-syntax ``*`` semantics) and every part names
-  its transfer syntax. The archive does not transcode: an Accept that names another transfer syntax is
-  answered 406 Not Acceptable (RFC 9110 15.5.7; PS3.18 8.7.3 lets an origin server that holds only a
-  compressed form send that form when no transfer syntax is named). At instance level a
-  plain ``Accept: application/dicom`` gets the single part file (the Supplement 183 wording, CP-2040).
+* Instances (Table 10.4.1-1) are ``multipart/related; type="application/dicom"``, sent from the stored files
+  with sendfile(2) where the server offers it (:mod:`telerad.adapters.http.sendfile`), else streamed; the
+  bytes are sent as stored (transfer-syntax ``*`` semantics) and every part names its transfer syntax. The
+  archive does not transcode: an Accept that names another transfer syntax is answered 406 Not Acceptable
+  (RFC 9110 15.5.7; PS3.18 8.7.3 lets an origin server that holds only a compressed form send that form when
+  no transfer syntax is named). At instance level a plain ``Accept: application/dicom`` gets the single part
+  file (the Supplement 183 wording, CP-2040).
 * Metadata (Table 10.4.1-2) is the concatenation of the stored DICOM JSON documents.
 * Frames (10.4.1.1.6) and bulk data (10.4.1.1.5) are read at the indexed offsets of the stored file, in the
   stored transfer syntax: native as ``application/octet-stream`` (Explicit VR Little Endian octets), compressed
@@ -14,15 +15,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.responses import StreamingResponse
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from telerad.adapters.dicomweb import media, multipart
 from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root, valid_path_uids
-from telerad.adapters.http import offload
+from telerad.adapters.http import offload, sendfile
 from telerad.adapters.http.audit import audited
 from telerad.archive import retrieve
 from telerad.archive.parse import parse_bulk_path
@@ -54,21 +55,27 @@ def _stream_instances(request: Request, instances: list[StoredInstance], ctx: Co
     syntaxes = {i.transfer_syntax_uid for i in instances}
     if all(media.accepts_multipart(ranges, DICOM, ts) for ts in syntaxes):
         boundary = multipart.new_boundary()
-        parts = [({"Content-Type": f"{DICOM}; transfer-syntax={i.transfer_syntax_uid}"}, i) for i in instances]
-        length = multipart.body_length([(h, i.size) for h, i in parts], boundary)
-        body = _stored_parts(ctx, [(multipart.part_head(boundary, h), i) for h, i in parts], boundary)
+        parts = [(multipart.part_head(boundary, {"Content-Type": f"{DICOM}; transfer-syntax={i.transfer_syntax_uid}"}),
+                  i) for i in instances]
+        segments: list[sendfile.Segment] = []
+        for head, inst in parts:
+            segments += [head, _file(ctx, inst), b"\r\n"]
+        segments.append(multipart.closing(boundary))
         ts = instances[0].transfer_syntax_uid if len(syntaxes) == 1 else None
-        return StreamingResponse(body, media_type=multipart.content_type(DICOM, boundary, ts),
-                                 headers={"Content-Length": str(length)})
+        return sendfile.SegmentsResponse(segments, _stored_parts(ctx, parts, boundary),
+                                         media_type=multipart.content_type(DICOM, boundary, ts))
     if single_allowed and media.accepts_single(ranges, DICOM, instances[0].transfer_syntax_uid):
         inst = instances[0]
-        return StreamingResponse(retrieve.iter_file(ctx, inst),
-                                 media_type=f"{DICOM}; transfer-syntax={inst.transfer_syntax_uid}",
-                                 headers={"Content-Length": str(inst.size)})
+        return sendfile.SegmentsResponse([_file(ctx, inst)], retrieve.iter_file(ctx, inst),
+                                         media_type=f"{DICOM}; transfer-syntax={inst.transfer_syntax_uid}")
     stored = ", ".join(sorted(syntaxes))
     raise HTTPException(406, 'not acceptable: instances are available as multipart/related; '
                              f'type="application/dicom" in their stored transfer syntax ({stored}) only; '
                              "telerad does not transcode")
+
+
+def _file(ctx: Context, inst: StoredInstance) -> sendfile.FilePart:
+    return sendfile.FilePart(functools.partial(ctx.blobs.open, inst.blob_key), inst.size)
 
 
 async def _stored_parts(ctx: Context, parts: list[tuple[bytes, StoredInstance]],

@@ -1,0 +1,206 @@
+"""The sendfile extension of telerad's uvicorn protocol, over real sockets on 127.0.0.1: exact bodies with the
+extension and without it (streamed fallback, TLS), a reader slow enough to fill the socket, pipelined
+requests, HEAD, a stored file shorter than promised and a client that leaves mid-body."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from pki_support import client_context, make_ca, make_leaf
+from support import free_port
+
+from telerad.adapters.http import sendfile
+from telerad.adapters.http.sendfile import FilePart, SegmentsResponse, SendfileProtocol
+
+SIZES = [0, 1, 70_000, 5 << 20, 9 << 20 | 123]  # an empty file, one byte, and files larger than socket buffers
+
+
+class Files:
+    def __init__(self, d: Path) -> None:
+        self.paths = []
+        for i, size in enumerate(SIZES):
+            p = d / f"f{i}"
+            p.write_bytes(os.urandom(size))
+            self.paths.append(p)
+        self.offered: list[bool] = []
+
+    def segments(self, short: bool = False) -> list[sendfile.Segment]:
+        segs: list[sendfile.Segment] = [b"head\r\n"]
+        for p in self.paths:
+            size = p.stat().st_size + (10 if short and p.stat().st_size > 1 << 20 else 0)
+            segs += [FilePart(partial(p.open, "rb"), size), b"--\r\n"]
+        return segs
+
+    def expected(self) -> bytes:
+        return b"head\r\n" + b"".join(p.read_bytes() + b"--\r\n" for p in self.paths)
+
+    async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        self.offered.append(sendfile.sender(scope) is not None)
+        segments = self.segments(short=scope["path"] == "/short")
+
+        async def fallback() -> AsyncIterator[bytes]:
+            for s in segments:
+                yield s if isinstance(s, bytes) else s.open().read()
+
+        await SegmentsResponse(segments, fallback(), "application/octet-stream", batch=6 << 20)(scope, receive, send)
+
+
+def _serve(app: Any, http: Any, **ssl_files: str) -> Iterator[int]:
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                        interface="asgi3", http=http, **ssl_files))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    yield port
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Files:
+    return Files(tmp_path)
+
+
+@pytest.fixture
+def port(files: Files) -> Iterator[int]:
+    yield from _serve(files.app, SendfileProtocol)
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How often the event loop waited for the socket to become writable again."""
+    seen: list[int] = []
+    original = sendfile._writable
+
+    async def counting(fd: int) -> None:
+        seen.append(fd)
+        await original(fd)
+
+    monkeypatch.setattr(sendfile, "_writable", counting)
+    return seen
+
+
+def _request(path: str = "/ok", method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+
+def _read_response(sock: socket.socket, pause: float = 0.0) -> tuple[bytes, bytes]:
+    """(head, body) of one response with Content-Length, read in small pieces (with ``pause`` between)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed in the head: {buf!r}"
+        buf += chunk
+    head, body = buf.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    parts = [body]
+    got = len(body)
+    while got < length:
+        chunk = sock.recv(min(65536, length - got))
+        assert chunk, f"connection closed after {got} of {length} body bytes"
+        parts.append(chunk)
+        got += len(chunk)
+        if pause:
+            time.sleep(pause)
+    return head, b"".join(parts)
+
+
+def test_body_is_exact_with_the_extension(files: Files, port: int) -> None:
+    r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
+    assert r.status_code == 200
+    assert int(r.headers["content-length"]) == len(files.expected())
+    assert r.content == files.expected()
+    assert files.offered == [True]
+
+
+def test_plain_uvicorn_offers_nothing_and_the_fallback_sends_the_same_bytes(files: Files) -> None:
+    for port in _serve(files.app, "httptools"):
+        r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
+        assert r.content == files.expected()
+    assert files.offered == [False]
+
+
+def test_a_slow_reader_fills_the_socket_and_still_gets_every_byte(files: Files, port: int,
+                                                                  waits: list[int]) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(_request())
+        time.sleep(0.3)  # let the server fill both socket buffers before anything is read
+        head, body = _read_response(s, pause=0.0005)
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body == files.expected()
+    assert waits, "the socket never filled: the writable-wait path was not exercised"
+
+
+def test_pipelined_requests_and_head_on_one_connection(files: Files, port: int) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(_request() + _request(method="HEAD") + _request())
+        _, first = _read_response(s)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(4096)
+        head, rest = buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200") and f"content-length: {len(files.expected())}".encode() in head
+        assert rest == b"" or rest.startswith(b"HTTP/1.1 200")  # HEAD: no body; the next response follows
+        s.sendall(b"")  # the third response, read with what is already buffered
+        third_head, third = _read_response(_Prefixed(s, rest))
+    assert first == files.expected() and third == files.expected()
+    assert third_head.startswith(b"HTTP/1.1 200")
+
+
+class _Prefixed:
+    """A socket whose first received bytes are ``prefix``."""
+
+    def __init__(self, sock: socket.socket, prefix: bytes) -> None:
+        self.sock, self.prefix = sock, prefix
+
+    def recv(self, n: int) -> bytes:
+        if self.prefix:
+            out, self.prefix = self.prefix[:n], self.prefix[n:]
+            return out
+        return self.sock.recv(n)
+
+
+def test_a_short_stored_file_closes_the_connection_and_the_server_goes_on(files: Files, port: int) -> None:
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"http://127.0.0.1:{port}/short", timeout=30)
+    r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
+    assert r.content == files.expected()
+
+
+def test_a_client_that_leaves_mid_body_does_not_stop_the_server(files: Files, port: int) -> None:
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(_request())
+            assert s.recv(65536)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
+    assert r.content == files.expected()
+
+
+def test_tls_connections_get_no_extension_and_the_same_bytes(files: Files, tmp_path: Path) -> None:
+    make_ca(tmp_path, "ca")
+    make_leaf(tmp_path, "server", "ca", "serverAuth")
+    for port in _serve(files.app, SendfileProtocol, ssl_certfile=str(tmp_path / "server.crt"),
+                       ssl_keyfile=str(tmp_path / "server.key")):
+        ctx: ssl.SSLContext = client_context(tmp_path / "ca.crt")
+        r = httpx.get(f"https://127.0.0.1:{port}/ok", timeout=30, verify=ctx)
+        assert r.content == files.expected()
+    assert files.offered == [False]
