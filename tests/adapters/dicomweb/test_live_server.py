@@ -95,6 +95,10 @@ def test_dicomweb_client_round_trip(server, auth):
         raw = requests.get(url, headers=auth["GH"], timeout=30)
         (_, content), = split_multipart(raw.headers["content-type"], raw.content)
         assert content == zero_preamble(wire[ds.SOPInstanceUID])
+        uri = requests.get(f"{server}/wado", headers=auth["GH"], timeout=30, params={
+            "requestType": "WADO", "studyUID": ds.StudyInstanceUID, "seriesUID": ds.SeriesInstanceUID,
+            "objectUID": ds.SOPInstanceUID, "contentType": "application/dicom"})
+        assert uri.status_code == 200 and uri.content == content
 
     # WADO-RS study: every instance byte for byte in one multipart response, and through dicomweb-client
     raw = requests.get(f"{server}/dicom-web/studies/{study}", headers=auth["GH"], timeout=30)

@@ -66,12 +66,16 @@ def _stream_instances(request: Request, instances: list[StoredInstance], ctx: Co
                                          media_type=multipart.content_type(DICOM, boundary, ts))
     if single_allowed and media.accepts_single(ranges, DICOM, instances[0].transfer_syntax_uid):
         inst = instances[0]
-        return sendfile.SegmentsResponse([_file(ctx, inst)], retrieve.iter_file(ctx, inst),
-                                         media_type=f"{DICOM}; transfer-syntax={inst.transfer_syntax_uid}")
+        return stored_file_response(ctx, inst, f"{DICOM}; transfer-syntax={inst.transfer_syntax_uid}")
     stored = ", ".join(sorted(syntaxes))
     raise HTTPException(406, 'not acceptable: instances are available as multipart/related; '
                              f'type="application/dicom" in their stored transfer syntax ({stored}) only; '
                              "telerad does not transcode")
+
+
+def stored_file_response(ctx: Context, inst: StoredInstance, media_type: str) -> Response:
+    """The stored Part 10 file as the whole body (sendfile where the server offers it, else streamed)."""
+    return sendfile.SegmentsResponse([_file(ctx, inst)], retrieve.iter_file(ctx, inst), media_type=media_type)
 
 
 def _file(ctx: Context, inst: StoredInstance) -> sendfile.FilePart:

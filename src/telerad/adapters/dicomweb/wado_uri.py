@@ -14,16 +14,14 @@ own endpoint): ``GET /wado?requestType=WADO&studyUID=..&seriesUID=..&objectUID=.
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.responses import StreamingResponse
 
 from telerad.adapters.dicomweb import media
 from telerad.adapters.dicomweb.deps import CtxDep, SiteUriDep, check_uid
 from telerad.adapters.dicomweb.media import type_matches
 from telerad.adapters.dicomweb.rendered import parse_window, render_response
-from telerad.adapters.dicomweb.wado import get_instance
+from telerad.adapters.dicomweb.wado import get_instance, stored_file_response
 from telerad.adapters.http.audit import audited
 from telerad.archive import render as rendering
-from telerad.archive import retrieve
 from telerad.archive.render import RenderOptions, Viewport
 from telerad.security.audit import Action
 
@@ -82,8 +80,7 @@ def wado(request: Request, ctx: CtxDep, site: SiteUriDep) -> Response:
         if wanted and wanted != inst.transfer_syntax_uid:
             raise HTTPException(406, f"WADO-URI: object is stored as {inst.transfer_syntax_uid}; "
                                      "telerad does not transcode")
-        return StreamingResponse(retrieve.iter_file(ctx, inst), media_type=DICOM,
-                                 headers={"Content-Length": str(inst.size)})
+        return stored_file_response(ctx, inst, DICOM)
     frame = _int(request, "frameNumber", 1, 1 << 30) or 1
     quality = _int(request, "imageQuality", 1, 100) or 90
     rows, columns = _int(request, "rows", 1, 8192), _int(request, "columns", 1, 8192)
