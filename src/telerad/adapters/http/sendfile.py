@@ -18,11 +18,11 @@ How a batch is sent: once uvicorn's own write buffer is empty, a worker thread w
 to the socket (``os.write`` for bytes, ``os.sendfile`` for files; the files are opened there, as disk reads
 can block). When the socket is full the thread waits up to :data:`THREAD_WAIT_S` for room (a client reading
 at full speed makes room within microseconds; a trip back to the event loop per socket buffer made a study
-~5% slower and its time less even, measured with curl); a slower client is waited for by the event loop instead, so no thread is held while it
-reads, and then the thread goes on. Reading from the connection is paused meanwhile,
-so nothing else can write to it. A file shorter than its promised size raises :class:`OSError` (the
-Content-Length is already sent: uvicorn then closes the connection rather than send a short body); a client
-that goes away ends the response quietly, as uvicorn does.
+~5% slower and its time less even, measured with curl); a slower client is waited for by the event loop
+instead, so no thread is held while it reads, and then the thread goes on. Reading from the connection is
+paused meanwhile, so nothing else can write to it. A file shorter than its promised size raises
+:class:`OSError` (the Content-Length is already sent: uvicorn then closes the connection rather than send a
+short body); a client that goes away ends the response quietly, as uvicorn does.
 """
 
 from __future__ import annotations
