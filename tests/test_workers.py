@@ -13,11 +13,26 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pynetdicom import AE, Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from test_server import dcmtk, site_with_ct, start, stop
 
 
 def _pids(pattern: str, text: str) -> list[int]:
     return [int(m) for m in re.findall(pattern, text)]
+
+
+def _storing(log: Path) -> list[int]:
+    """The process ids that logged a C-STORE, in order."""
+    return _pids(r"\[(\d+)\] telerad\.adapters\.dimse\.storage: C-STORE", log.read_text())
+
+
+def _hold_association(port: int) -> Association:
+    ae = AE(ae_title="GH_CT")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="TELERAD")
+    assert assoc.is_established
+    return assoc
 
 
 def _alive(pid: int) -> bool:
@@ -28,25 +43,38 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
 
 
-def test_dimse_workers_share_the_port_and_are_supervised(settings, ctx, tmp_path):
-    """dimse_workers = 2: `telerad serve` and one `telerad dimse-worker` both accept associations on the DICOM
-    port; a killed worker is restarted; stopping `telerad serve` stops its worker."""
+def test_dimse_workers_get_connections_by_load_and_are_supervised(settings, ctx, tmp_path):
+    """dimse_workers = 2: `telerad serve` accepts every association and hands it to the process serving the
+    fewest (itself on a tie); a killed worker is restarted; stopping `telerad serve` stops its worker."""
     auth, files = site_with_ct(ctx, tmp_path, ("Workers^Test", "WRK1", "19700101", "F"), 24, 16)
     port, http = str(settings.dicom_port), f"http://127.0.0.1:{settings.http_port}"
     log = tmp_path / "serve.log"
     proc = start(settings, log, TELERAD_DIMSE_WORKERS="2")
     try:
         deadline = time.monotonic() + 60
-        while "DIMSE worker listening" not in log.read_text() and time.monotonic() < deadline:
+        while "DIMSE worker ready" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         [worker] = _pids(r"DIMSE worker 1 started \(pid (\d+)\)", log.read_text())
-        for f in files:  # one association per object: the kernel spreads the connections over both listeners
-            sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(f))
+
+        # An association held open keeps telerad serve busier than the worker: the next association (one
+        # storescu sending all but one file) goes to the worker.
+        held = _hold_association(settings.dicom_port)
+        try:
+            sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, *map(str, files[:-1]))
             assert sent.returncode == 0, sent.stderr
+            assert _storing(log) == [worker] * (len(files) - 1)
+        finally:
+            held.release()
+        # Both idle again (once the released associations' threads have ended): telerad serve keeps the next.
+        for _ in range(20):
+            sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(files[-1]))
+            assert sent.returncode == 0, sent.stderr
+            if _storing(log)[-1] == proc.pid:
+                break
+            time.sleep(0.5)
+        assert _storing(log)[-1] == proc.pid
         r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "WRK1"}, headers=auth)
         assert r.status_code == 200 and r.json()[0]["00201208"]["Value"] == [len(files)]
-        storing = set(_pids(r"\[(\d+)\] telerad\.adapters\.dimse\.storage: C-STORE", log.read_text()))
-        assert storing == {proc.pid, worker}  # 2^-23 that the kernel gave all 24 to one of them
 
         os.kill(worker, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -57,12 +85,19 @@ def test_dimse_workers_share_the_port_and_are_supervised(settings, ctx, tmp_path
         assert restarted != worker and _alive(restarted)
         assert "exited with -9; restarting" in log.read_text()
         deadline = time.monotonic() + 30
-        while log.read_text().count("DIMSE worker listening") < 2:
+        while log.read_text().count("DIMSE worker ready") < 2:
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         for _ in range(8):
             echo = dcmtk("echoscu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port)
             assert echo.returncode == 0, echo.stderr
+        held = _hold_association(settings.dicom_port)  # the restarted worker gets connections too
+        try:
+            sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(files[0]))
+            assert sent.returncode == 0, sent.stderr
+            assert _storing(log)[-1] == restarted
+        finally:
+            held.release()
     finally:
         stop(proc)
     assert not _alive(restarted)
@@ -71,18 +106,35 @@ def test_dimse_workers_share_the_port_and_are_supervised(settings, ctx, tmp_path
 
 
 def test_dimse_worker_stops_when_its_parent_is_gone(settings, ctx, tmp_path):
+    """A worker whose parent has gone stops, even while the other end of its hand-off pair stays open
+    (here: held by the test, not by the parent)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = {**os.environ, "TELERAD_HOME": str(settings.home), "TELERAD_DATABASE_URL": settings.database_url,
-           "TELERAD_DICOM_PORT": str(settings.dicom_port)}
+           "TELERAD_DICOM_PORT": str(settings.dicom_port), "TELERAD_WORKER_HANDOFF_FD": str(theirs.fileno())}
     log = tmp_path / "worker.log"
-    parent = subprocess.run(["sh", "-c", f"{sys.executable} -m telerad.cli dimse-worker >{log} 2>&1 & "
-                                         "echo $!; sleep 4"], env=env, capture_output=True, text=True, timeout=60)
-    worker = int(parent.stdout.strip())
-    assert "DIMSE worker listening" in log.read_text()  # it was serving when its parent went
-    deadline = time.monotonic() + 20
-    while _alive(worker):  # the worker saw its parent go and stopped by itself
-        assert time.monotonic() < deadline, "orphaned DIMSE worker still running"
-        time.sleep(0.2)
-    assert "is gone; the DIMSE worker stops" in log.read_text()
+    try:
+        parent = subprocess.run(["sh", "-c", f"{sys.executable} -m telerad.cli dimse-worker >{log} 2>&1 & "
+                                             "echo $!; sleep 4"], env=env, capture_output=True, text=True,
+                                timeout=60, pass_fds=(theirs.fileno(),))
+        worker = int(parent.stdout.strip())
+        assert "DIMSE worker ready" in log.read_text()  # it was serving when its parent went
+        deadline = time.monotonic() + 20
+        while _alive(worker):  # the worker saw its parent go and stopped by itself
+            assert time.monotonic() < deadline, "orphaned DIMSE worker still running"
+            time.sleep(0.2)
+        assert "is gone; the DIMSE worker stops" in log.read_text()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_dimse_worker_started_by_hand_says_how_it_is_started(settings, ctx):
+    env = {k: v for k, v in os.environ.items() if k != "TELERAD_WORKER_HANDOFF_FD"}
+    env.update(TELERAD_HOME=str(settings.home), TELERAD_DATABASE_URL=settings.database_url)
+    r = subprocess.run([sys.executable, "-m", "telerad.cli", "dimse-worker"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    assert "started by telerad serve" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_second_serve_on_the_same_dicom_port_refuses_to_start(settings, ctx, tmp_path):

@@ -74,8 +74,9 @@ class Settings(BaseSettings):
     dimse_max_associations: int = 32
     dimse_max_pdu: int = 262_144
     dimse_timeout: float = 60.0
-    # DICOM listener processes sharing dicom_port (SO_REUSEPORT, Linux): `telerad serve` and N - 1 workers
-    # (telerad/workers.py). More than 1 uses more CPU cores for ingest; dimse_max_associations is per process.
+    # Processes serving DICOM associations (Linux): `telerad serve` accepts them on dicom_port and hands each to
+    # the least busy of itself and N - 1 workers (telerad/workers.py). More than 1 uses more CPU cores for
+    # DIMSE; dimse_max_associations is per process.
     dimse_workers: int = Field(1, ge=1, le=64)
     # Serve store-only associations on the lean path (adapters/dimse/lean.py); False: pynetdicom serves all.
     dimse_lean_store: bool = True

@@ -18,7 +18,7 @@ import uvicorn
 
 from telerad.context import Context
 from telerad.security.audit import Action, Event
-from telerad.workers import Workers, claim_port, require_reuse_port
+from telerad.workers import Workers, claim_port, require_fd_passing
 
 log = logging.getLogger(__name__)
 ANALYZE_EVERY_S = 600.0
@@ -98,10 +98,10 @@ def run(ctx: Context) -> None:
 
     configure_logging()
     s = ctx.settings
-    port_claim = None  # without SO_REUSEPORT the kernel itself refuses a second listener on the port
+    port_claim = None  # without workers the kernel itself refuses a second listener on the port
     try:
         if s.dimse_workers > 1:
-            require_reuse_port()
+            require_fd_passing()
             port_claim = claim_port(s.dicom_port)
     except RuntimeError as exc:
         log.error("%s", exc)
@@ -110,9 +110,11 @@ def run(ctx: Context) -> None:
     threading.Thread(target=keep_statistics_fresh, args=(ctx,), name="db-analyze", daemon=True).start()
     config = http_config(ctx)
     config.load()  # builds the TLS context now: a bad certificate or key fails before anything listens
-    dimse = start_dimse(ctx, reuse_port=s.dimse_workers > 1)
+    dimse = start_dimse(ctx)
     log.info("DICOM listener %s on %s:%d", s.ae_title, s.dicom_host, s.dicom_port)
     workers = Workers(s.dimse_workers - 1)
+    if workers.count:  # from now: a connection handed to a worker still starting waits in its socket pair
+        dimse.server.handoff = workers.handoff
     workers.start()
     scheme = "https" if config.ssl else "http"
     _application_event(ctx, Action.APPLICATION_START, http=f"{scheme}://{s.http_host}:{s.http_port}",

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -88,16 +89,49 @@ def prefer_requestor_order(event: Any) -> None:
 
 class _Server(ThreadedAssociationServer):
     """pynetdicom's threaded server, with the TLS handshake moved from the accept loop to the connection thread,
-    and store-only associations over plain TCP served by :mod:`.lean` on that thread."""
+    and store-only associations over plain TCP served by :mod:`.lean` on that thread.
+
+    ``handoff`` (set by ``telerad serve`` with DIMSE workers, :mod:`telerad.workers`) may pass an accepted
+    connection to another process instead; ``on_finished`` is called when a connection served here ends.
+    ``active`` counts the connections being served here."""
 
     lean: lean.LeanAssociations | None = None
+    handoff: Callable[[socket.socket, Any, int], bool] | None = None
+    on_finished: Callable[[], None] | None = None
+    active = 0
+    _serving = False
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._serving = True
+        super().serve_forever(poll_interval)
+
+    def shutdown(self) -> None:
+        if self._serving:  # a worker's server never runs the accept loop: nothing to wait for
+            super().shutdown()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         client, address = self.socket.accept()
         return client, address
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.handoff is not None and self.handoff(request, client_address, self.active):
+            self.close_request(request)  # the other process holds its own descriptor of the connection
+            return
+        with _count_lock:
+            self.active += 1
+        super().process_request(request, client_address)
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            self._serve_connection(request, client_address)
+        finally:
+            with _count_lock:
+                self.active -= 1
+            if self.on_finished is not None:
+                self.on_finished()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
         sockets.nodelay(request)
         if self.ssl_context is not None:
             try:
@@ -121,14 +155,7 @@ class _Server(ThreadedAssociationServer):
         super().process_request_thread(request, client_address)
 
 
-class _ReusePortServer(_Server):
-    """A listener that shares its port with the other processes' (SO_REUSEPORT: the kernel spreads the
-    connections over them; :mod:`telerad.workers`)."""
-
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+_count_lock = threading.Lock()
 
 
 class DimseServer:
@@ -171,9 +198,10 @@ def build_ae(ctx: Context) -> TenantAE:
     return ae
 
 
-def start_dimse(ctx: Context, reuse_port: bool = False) -> DimseServer:
-    """Start listening on ``dicom_host:dicom_port`` in background threads and return at once; with
-    ``reuse_port``, alongside the listeners of other processes on the same port (:mod:`telerad.workers`)."""
+def start_dimse(ctx: Context, listen: bool = True) -> DimseServer:
+    """Start listening on ``dicom_host:dicom_port`` in background threads and return at once. Without
+    ``listen`` (a DIMSE worker, :mod:`telerad.workers`) nothing listens: connections arrive through
+    ``server.process_request`` from the process that accepted them."""
     s = ctx.settings
     rawsend.install()
     sockets.install()
@@ -194,16 +222,21 @@ def start_dimse(ctx: Context, reuse_port: bool = False) -> DimseServer:
         (evt.EVT_C_GET, handle_get, [rt]),
         (evt.EVT_N_ACTION, handle_n_action, [rt]),
     ]
-    server = ae.make_server((s.dicom_host, s.dicom_port), ssl_context=server_context(s), evt_handlers=handlers,
-                            server_class=_ReusePortServer if reuse_port else _Server)
+    # A worker's server is bound to an ephemeral loopback port only because pynetdicom's server binds in its
+    # constructor; that socket is closed at once, before anything could connect to it.
+    address = (s.dicom_host, s.dicom_port) if listen else ("127.0.0.1", 0)
+    server = ae.make_server(address, ssl_context=server_context(s), evt_handlers=handlers, server_class=_Server)
     assert isinstance(server, _Server)
     server.contexts = sockets.cheap_copies(server.contexts)
     if s.dimse_lean_store:
         server.lean = lean.LeanAssociations(rt, STORAGE_TRANSFER_SYNTAXES)
         ae.other_associations = server.lean.count
-    thread = threading.Thread(target=server.serve_forever, name=f"dimse-{s.dicom_port}", daemon=True)
-    thread.start()
+    if listen:
+        threading.Thread(target=server.serve_forever, name=f"dimse-{s.dicom_port}", daemon=True).start()
+    elif server.socket is not None:
+        server.socket.close()
     ae._servers.append(server)  # as AE.start_server does: counted for maximum_associations, stopped by shutdown
-    log.info("DIMSE %s listening on %s:%d%s", s.ae_title, s.dicom_host, s.dicom_port,
-             " (TLS)" if server.ssl_context else "")
+    if listen:
+        log.info("DIMSE %s listening on %s:%d%s", s.ae_title, s.dicom_host, s.dicom_port,
+                 " (TLS)" if server.ssl_context else "")
     return DimseServer(ae, server, executor)
