@@ -79,7 +79,7 @@ def stored_file_response(ctx: Context, inst: StoredInstance, media_type: str) ->
 
 
 def _file(ctx: Context, inst: StoredInstance) -> sendfile.FilePart:
-    return sendfile.FilePart(functools.partial(ctx.blobs.open, inst.blob_key), inst.size)
+    return sendfile.FilePart(functools.partial(ctx.blobs.open, inst.blob_key, buffered=False), inst.size)
 
 
 async def _stored_parts(ctx: Context, parts: list[tuple[bytes, StoredInstance]],
