@@ -24,6 +24,7 @@ from telerad.adapters.http import sendfile
 from telerad.adapters.http.sendfile import FilePart, SegmentsResponse, SendfileProtocol
 
 SIZES = [0, 1, 70_000, 5 << 20, 9 << 20 | 123]  # an empty file, one byte, and files larger than socket buffers
+PLAIN = bytes(range(256)) * (32 << 12)  # 8 MiB, more than the socket buffers hold
 
 
 class Files:
@@ -47,6 +48,17 @@ class Files:
 
     async def app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
+        if scope["path"] == "/mixed":  # ordinary body bytes (queued in uvicorn's buffer), then the segments
+            segments = self.segments()
+            length = len(PLAIN) + sum(sendfile.segment_size(s) for s in segments)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", str(length).encode())]})
+            await send({"type": "http.response.body", "body": PLAIN, "more_body": True})
+            send_segments = sendfile.sender(scope)
+            assert send_segments is not None
+            await send_segments(segments)
+            await send({"type": "http.response.body", "body": b""})
+            return
         self.offered.append(sendfile.sender(scope) is not None)
         segments = self.segments(short=scope["path"] == "/short")
 
@@ -163,6 +175,18 @@ def test_pipelined_requests_and_head_on_one_connection(files: Files, port: int) 
         third_head, third = _read_response(_Prefixed(s, rest))
     assert first == files.expected() and third == files.expected()
     assert third_head.startswith(b"HTTP/1.1 200")
+
+
+def test_bytes_still_in_uvicorns_buffer_go_out_before_the_files(files: Files, port: int) -> None:
+    """Body bytes sent the ordinary way to a client that is not reading yet sit in uvicorn's write buffer; the
+    files sent after them must not overtake them."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.sendall(_request("/mixed"))
+        time.sleep(0.3)
+        _, body = _read_response(s)
+    assert body[:len(PLAIN)] == PLAIN
+    assert body[len(PLAIN):] == files.expected()
 
 
 class _Prefixed:
