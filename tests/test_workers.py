@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
 from pynetdicom import AE, Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 from test_server import dcmtk, site_with_ct, start, stop
 
 
@@ -27,12 +29,40 @@ def _storing(log: Path) -> list[int]:
     return _pids(r"\[(\d+)\] telerad\.adapters\.dimse\.storage: C-STORE", log.read_text())
 
 
-def _hold_association(port: int) -> Association:
+def _hold_association(port: int, store: Path | None = None) -> Association:
+    """An association left open; with ``store``, one C-STORE on it first (so the log tells who serves it): a
+    copy of that file under a new SOP Instance UID."""
     ae = AE(ae_title="GH_CT")
     ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
     assoc = ae.associate("127.0.0.1", port, ae_title="TELERAD")
     assert assoc.is_established
+    if store is not None:
+        ds = dcmread(store)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        assert assoc.send_c_store(ds).Status == 0
     return assoc
+
+
+def _server_side_connections(port: int) -> int:
+    """Connections to ``port`` that a process here still holds open (ESTABLISHED or CLOSE_WAIT on the server
+    side), from /proc/net/tcp{,6}: the connections telerad serve and its workers are still serving."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            count += int(local.rsplit(":", 1)[1], 16) == port and state in ("01", "08")
+    return count
+
+
+def _wait_idle(port: int) -> None:
+    """Until no process serves a connection on ``port`` (e.g. the readiness probe of `start`, or the last
+    DCMTK tool's association): the loads that pick the next process are all zero again."""
+    deadline = time.monotonic() + 30
+    while _server_side_connections(port):
+        assert time.monotonic() < deadline, "connections to the DICOM port still open after 30 s"
+        time.sleep(0.05)
+    time.sleep(0.2)  # a connection's load is counted down just after its socket is closed
 
 
 def _alive(pid: int) -> bool:
@@ -56,25 +86,24 @@ def test_dimse_workers_get_connections_by_load_and_are_supervised(settings, ctx,
             time.sleep(0.2)
         [worker] = _pids(r"DIMSE worker 1 started \(pid (\d+)\)", log.read_text())
 
-        # An association held open keeps telerad serve busier than the worker: the next association (one
-        # storescu sending all but one file) goes to the worker.
-        held = _hold_association(settings.dicom_port)
+        # Both idle, telerad serve keeps the next association itself. Held open, it keeps telerad serve
+        # busier than the worker: the next association (one storescu sending all but one file) goes to the
+        # worker.
+        _wait_idle(settings.dicom_port)
+        held = _hold_association(settings.dicom_port, store=files[0])
         try:
+            assert _storing(log) == [proc.pid]
             sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, *map(str, files[:-1]))
             assert sent.returncode == 0, sent.stderr
-            assert _storing(log) == [worker] * (len(files) - 1)
+            assert _storing(log) == [proc.pid] + [worker] * (len(files) - 1)
         finally:
             held.release()
-        # Both idle again (once the released associations' threads have ended): telerad serve keeps the next.
-        for _ in range(20):
-            sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(files[-1]))
-            assert sent.returncode == 0, sent.stderr
-            if _storing(log)[-1] == proc.pid:
-                break
-            time.sleep(0.5)
+        _wait_idle(settings.dicom_port)  # both idle again: telerad serve keeps the next
+        sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(files[-1]))
+        assert sent.returncode == 0, sent.stderr
         assert _storing(log)[-1] == proc.pid
         r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "WRK1"}, headers=auth)
-        assert r.status_code == 200 and r.json()[0]["00201208"]["Value"] == [len(files)]
+        assert r.status_code == 200 and r.json()[0]["00201208"]["Value"] == [len(files) + 1]  # + the held one's
 
         os.kill(worker, signal.SIGKILL)
         deadline = time.monotonic() + 30
@@ -91,8 +120,10 @@ def test_dimse_workers_get_connections_by_load_and_are_supervised(settings, ctx,
         for _ in range(8):
             echo = dcmtk("echoscu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port)
             assert echo.returncode == 0, echo.stderr
-        held = _hold_association(settings.dicom_port)  # the restarted worker gets connections too
+        _wait_idle(settings.dicom_port)  # the restarted worker gets connections too
+        held = _hold_association(settings.dicom_port, store=files[1])
         try:
+            assert _storing(log)[-1] == proc.pid
             sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(files[0]))
             assert sent.returncode == 0, sent.stderr
             assert _storing(log)[-1] == restarted
