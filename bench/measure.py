@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -200,11 +199,14 @@ class Transfer:
 
 
 def cget(srv: Server, study: StudyInfo, runs: int, tmp: Path) -> Transfer:
+    """C-GET of a whole study ``runs`` times. The files received stay until the work dir is removed at the end
+    of the run: deleting them here would slow the next server's ingest on some file systems (ext4 without a
+    journal skips recently freed inodes when it allocates new ones)."""
     walls = []
     nbytes = nfiles = 0
     for i in range(runs):
-        out = tmp / f"cget-{srv.name}-{i}"
-        out.mkdir(parents=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix=f"cget-{srv.name}-{i}-", dir=tmp))  # new even in a reused --workdir
         cmd = ["getscu", "-S", "-aet", BENCH_AE, "-aec", srv.ae_title, "-od", str(out),
                "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study.study_uid}",
                "127.0.0.1", str(srv.dicom_port)]
@@ -213,7 +215,6 @@ def cget(srv: Server, study: StudyInfo, runs: int, tmp: Path) -> Transfer:
         walls.append(time.perf_counter() - t0)
         files = [p for p in out.iterdir() if p.is_file()]
         nfiles, nbytes = len(files), sum(p.stat().st_size for p in files)
-        shutil.rmtree(out)
         if r.returncode != 0 or nfiles != len(study.sop_uids):
             raise BenchError(f"C-GET study {study.study_uid} from {srv.name}: rc {r.returncode}, "
                              f"{nfiles} of {len(study.sop_uids)} files; output tail: "
