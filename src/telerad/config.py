@@ -66,6 +66,10 @@ class Settings(BaseSettings):
 
     # Ingest caps (issue: an oversized or undecodable object is rejected with a clear reason)
     max_object_bytes: int = 4 * 1024**3
+    # Write new blobs with O_DIRECT (storage/direct.py): cheaper to store where page-cache memory is costly to
+    # fill (virtual machines), but a new object's first read then comes from the disk. Falls back to buffered
+    # writes on a file system that refuses O_DIRECT.
+    blob_direct_write: bool = False
     max_rows: int = 65535
     max_columns: int = 65535
     max_frames: int = 100_000

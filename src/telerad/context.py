@@ -25,7 +25,8 @@ class Context:
         if migrate:
             upgrade(db.engine)
         audit = AuditLog(db, load_key(settings.audit_key_path, db))
-        return cls(settings=settings, db=db, blobs=FileSystemStore(settings.blob_dir), audit=audit)
+        blobs = FileSystemStore(settings.blob_dir, direct_write=settings.blob_direct_write)
+        return cls(settings=settings, db=db, blobs=blobs, audit=audit)
 
     def close(self) -> None:
         self.audit.close()

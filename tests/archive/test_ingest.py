@@ -209,3 +209,26 @@ def test_concurrent_stores_of_one_new_study_keep_counts_and_modalities(ctx, site
     assert (st.num_series, st.num_instances, st.modalities) == (4, len(objects), "CR\\CT")
     assert all(n == actual for n, actual in per_series) and len(per_series) == 4
     assert count(ctx, Patient) == 1
+
+
+def test_blob_direct_write_setting_stores_through_o_direct(settings, tmp_path):
+    """TELERAD_BLOB_DIRECT_WRITE: the ingest path writes the blob with O_DIRECT (none of it left in the page
+    cache, per util-linux fincore) and the stored object is byte for byte the one received."""
+    import subprocess
+
+    from telerad.archive import registry
+
+    ctx = Context.open(settings.model_copy(update={"blob_direct_write": True}))
+    try:
+        site = registry.add_site(ctx, "GH", "General Hospital")
+        raw = ct_series(PATIENT, generate_uid(), "A1", 1, 64)[0]
+        assert store(ctx, site.id, raw, "test").outcome is Outcome.STORED
+        with ctx.db.session() as s:
+            inst = s.execute(select(Instance)).scalar_one()
+        path = ctx.blobs.path(inst.blob_key)
+        fincore = subprocess.run(["fincore", "--raw", "--noheadings", "--output", "PAGES", str(path)],
+                                 capture_output=True, text=True, check=True)
+        assert int(fincore.stdout.split()[0]) == 0 and ctx.blobs.direct_write
+        assert path.read_bytes()[128:] == raw[128:] and ctx.blobs.verify(inst.blob_key)
+    finally:
+        ctx.close()

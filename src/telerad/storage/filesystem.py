@@ -16,14 +16,20 @@ directories (a million blobs are ~4,000 per directory).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import logging
 import os
 import re
+import secrets
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from telerad.storage import direct
+
+log = logging.getLogger(__name__)
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _FAN = re.compile(r"^[0-9a-f]{2}$")
 CHUNK = 1 << 20
@@ -36,7 +42,11 @@ class InvalidKey(ValueError):
 
 
 class FileSystemStore:
-    def __init__(self, root: Path) -> None:
+    """``direct_write``: :meth:`put` writes new blobs with ``O_DIRECT`` (:mod:`.direct`), falling back to
+    buffered writes for good where the file system refuses it."""
+
+    def __init__(self, root: Path, direct_write: bool = False) -> None:
+        self.direct_write = direct_write
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
@@ -113,18 +123,49 @@ class FileSystemStore:
         key = hashlib.sha256(data).hexdigest()
         if self.path(key).exists():
             return key, len(data)
+        if self.direct_write:
+            tmp = f"{self._tmp}/in-{secrets.token_hex(8)}"
+            try:
+                self._write_direct(tmp, data)
+            except OSError as exc:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                if exc.errno != errno.EINVAL:
+                    raise
+                log.warning("the blob store's file system refuses O_DIRECT (%s); writing through the page "
+                            "cache from now on", exc)
+                self.direct_write = False
+            else:
+                return self._placed(tmp, key, len(data))
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="in-")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            self._place(tmp, key)
-            return key, len(data)
         except BaseException:
-            if os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        return self._placed(tmp, key, len(data))
+
+    @staticmethod
+    def _write_direct(tmp: str, data: bytes) -> None:
+        fd = direct.open_new(tmp)
+        try:
+            direct.write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _placed(self, tmp: str, key: str, size: int) -> tuple[str, int]:
+        try:
+            self._place(tmp, key)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return key, size
 
     def _place(self, tmp: str, key: str) -> None:
         """Rename the fsync'd temporary file ``tmp`` to the blob ``key`` and make the rename durable."""

@@ -1,0 +1,79 @@
+"""Writing a new file with ``O_DIRECT`` (Linux): the bytes go from an aligned buffer to the disk, not through
+the page cache.
+
+Why: a buffered write copies every byte into page-cache pages first, and on a virtual machine whose memory
+the host backs lazily that copy into pages the guest has not touched before dominates the cost of storing an
+object (measured in docs/benchmarks.md: 1.1-1.8 ms per 512 KB written, against 0.3-0.6 ms for the same file
+written here). The cost moves to the first read, which then comes from the disk.
+
+``O_DIRECT`` needs the buffer, the file offset and the length aligned to the device's logical block size; this
+module uses :data:`ALIGN` (4 KiB, a multiple of every common logical block size), pads the last block with
+zeros and truncates the file back to its real length before the caller's ``fsync``. File systems that refuse
+``O_DIRECT`` answer ``EINVAL`` (at open or at the first write): callers fall back to buffered writes.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+ALIGN = 4096
+BUFFER_BYTES = 4 << 20  # one copy-and-write step; a larger object is written in several
+
+
+class _Buffers:
+    """Page-aligned anonymous buffers, reused across writes and threads (a buffer per concurrent writer):
+    fresh memory for every object would cost what the page cache did."""
+
+    def __init__(self) -> None:
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def take(self) -> Iterator[mmap.mmap]:
+        with self._lock:
+            buf = self._free.pop() if self._free else None
+        if buf is None:
+            buf = mmap.mmap(-1, BUFFER_BYTES)  # anonymous mappings are page-aligned
+        try:
+            yield buf
+        finally:
+            with self._lock:
+                self._free.append(buf)
+
+
+_buffers = _Buffers()
+
+
+def open_new(path: str) -> int:
+    """Create ``path`` (it must not exist) for writing with ``O_DIRECT``; OSError(EINVAL) where the file system
+    refuses it."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o600)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write ``data`` at the start of the new file ``fd`` (opened by :func:`open_new`), then cut the file to
+    ``len(data)``. The caller fsyncs."""
+    view = memoryview(data).cast("B")
+    size = len(view)
+    with _buffers.take() as buf:
+        done = 0
+        while done < size:
+            n = min(BUFFER_BYTES, size - done)
+            buf[:n] = view[done:done + n]
+            padded = -(-n // ALIGN) * ALIGN
+            if padded > n:
+                buf[n:padded] = bytes(padded - n)
+            written = 0
+            chunk = memoryview(buf)
+            try:
+                while written < padded:  # short writes are rare; one ending unaligned fails with EINVAL
+                    written += os.write(fd, chunk[written:padded])
+            finally:
+                chunk.release()
+            done += n
+    if size % ALIGN:
+        os.ftruncate(fd, size)
