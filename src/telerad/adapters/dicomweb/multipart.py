@@ -68,14 +68,6 @@ def _pieces(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: s
     yield closing(boundary)
 
 
-def body_length(part_headers_and_sizes: Iterable[tuple[dict[str, str], int]], boundary: str) -> int:
-    """Content-Length of :func:`stream` for parts of known sizes."""
-    total = len(closing(boundary))
-    for headers, size in part_headers_and_sizes:
-        total += len(part_head(boundary, headers)) + size + 2
-    return total
-
-
 @dataclass(frozen=True)
 class PartSpan:
     headers: dict[str, str]  # lower-case names
