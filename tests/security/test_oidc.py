@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +16,6 @@ from urllib.parse import parse_qs, urlencode, urlparse
 
 import httpx2
 import pytest
-import uvicorn
 from auth_support import add_user, enrol_totp
 from fastapi.testclient import TestClient
 from joserfc import jwt
@@ -26,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
-from support import free_port
+from support import free_port, uvicorn_thread
 
 from telerad.app import create_app
 from telerad.config import OidcProvider
@@ -89,17 +87,9 @@ class Provider:
 def idp() -> Iterator[Provider]:
     port = free_port()
     provider = Provider(f"http://127.0.0.1:{port}")
-    server = uvicorn.Server(uvicorn.Config(provider.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    oidc_service._discovery.clear()
-    yield provider
-    server.should_exit = True
-    thread.join(10)
+    with uvicorn_thread(provider.app, port):
+        oidc_service._discovery.clear()
+        yield provider
 
 
 @pytest.fixture

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import io
-import threading
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import pydicom
 import pytest
 import requests
-import uvicorn
 from auth_support import add_user, bearer
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_support import boundary_of, mr_like, read, sample_file, split_multipart, zero_preamble
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000Lossless, generate_uid
-from support import free_port
+from support import uvicorn_thread
 
 from telerad.adapters.http.sendfile import SendfileProtocol
 from telerad.app import create_app
@@ -28,19 +25,9 @@ from telerad.context import Context
 
 @pytest.fixture
 def server(ctx: Context, site, other_site) -> Iterator[str]:
-    port = free_port()
     # The protocol `telerad serve` uses: WADO-RS instances go out through sendfile(2).
-    srv = uvicorn.Server(uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning",
-                                        http=SendfileProtocol))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with uvicorn_thread(create_app(ctx), http=SendfileProtocol) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

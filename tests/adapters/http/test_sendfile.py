@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -16,9 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pki_support import client_context, make_ca, make_leaf
-from support import free_port
+from support import uvicorn_thread
 
 from telerad.adapters.http import sendfile
 from telerad.adapters.http.sendfile import FilePart, SegmentsResponse, SendfileProtocol
@@ -70,18 +68,8 @@ class Files:
 
 
 def _serve(app: Any, http: Any, **ssl_files: str) -> Iterator[int]:
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                        interface="asgi3", http=http, **ssl_files))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield port
-    srv.should_exit = True
-    thread.join(10)
+    with uvicorn_thread(app, lifespan="off", interface="asgi3", http=http, **ssl_files) as port:
+        yield port
 
 
 @pytest.fixture
