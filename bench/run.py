@@ -377,11 +377,19 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="default: a new temp dir, removed at the end")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (data, server storage, logs)")
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "out")
+    ap.add_argument("--telerad-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a telerad setting for this run (e.g. blob_direct_write=true; repeatable); the report "
+                         "lists them. Default: telerad's defaults")
     args = ap.parse_args()
 
     for tool in ("storescu", "findscu", "getscu", "Orthanc"):
         servers.which(tool)
     servers.TCP_NODELAY = args.tcp_nodelay
+    for item in args.telerad_setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            ap.error(f"--telerad-setting {item!r}: expected NAME=VALUE")
+        servers.TELERAD_SETTINGS["TELERAD_" + name.strip().upper().removeprefix("TELERAD_")] = value
     which = [s.strip() for s in args.servers.split(",") if s.strip()]
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="telerad-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
@@ -487,6 +495,8 @@ def main() -> int:
         f"({args.scale_per_study} per study; {small.n_sample:,} of them sent with 2 x storescu to both, the rest "
         f"bulk-loaded: Orthanc 2 x storescu, telerad 2 x `telerad {args.telerad_bulk}`); "
         f"at-scale ingest: {ct_after.n_instances} CT instances",
+        "- telerad settings: " + (", ".join(f"`{k}={v}`" for k, v in servers.TELERAD_SETTINGS.items())
+                                  or "defaults"),
         f"- Runs: QIDO {args.qido_requests} requests, metadata {args.metadata_requests}, frames "
         f"{slices} (one per instance of a series), WADO-RS {args.wado_runs}, C-FIND {args.cfind_runs}, "
         f"C-GET {args.cget_runs}; TCP_NODELAY={args.tcp_nodelay}; total wall time {total / 60:.1f} min",

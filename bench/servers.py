@@ -161,11 +161,16 @@ def start_orthanc(workdir: Path, client_ports: tuple[int, ...] = (0,)) -> Server
 SITE = "B"
 
 
+# Settings given with run.py --telerad-setting (TELERAD_* name -> value); none: telerad's defaults.
+TELERAD_SETTINGS: dict[str, str] = {}
+
+
 def telerad_env(home: Path, http_port: int, dicom_port: int) -> dict[str, str]:
     env = base_env()
     for k in list(env):
         if k.startswith("TELERAD_"):
             del env[k]
+    env.update(TELERAD_SETTINGS)
     env.update({
         "TELERAD_HOME": str(home),
         "TELERAD_HTTP_PORT": str(http_port),
