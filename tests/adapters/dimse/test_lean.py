@@ -33,7 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from telerad.adapters.dimse import lean, ul
 from telerad.adapters.dimse.lean_get import data_set_offset
@@ -41,7 +41,7 @@ from telerad.adapters.dimse.server import DimseServer, start_dimse
 from telerad.archive.demo import ct_series
 from telerad.archive.ingest import store
 from telerad.context import Context
-from telerad.db.models import Instance
+from telerad.db.models import Instance, StoreConflict
 
 PATIENT = ("Lean^Pat", "LN1", "19700101", "F")
 
@@ -82,6 +82,21 @@ def test_association_that_also_queries_goes_to_pynetdicom(ctx: Context, dimse: D
     assoc.release()  # type: ignore[attr-defined]
     assert dimse.lean is not None and dimse.lean.served == 0
     assert _stored(ctx) == [ds.SOPInstanceUID]
+
+
+def test_an_object_resent_over_the_other_path_is_a_duplicate(ctx: Context, dimse: DimseServer,
+                                                             gh_node: str) -> None:
+    """Both paths build the same Part 10 bytes (adapters/dimse/filemeta.py): the same object sent on the lean
+    path and then on pynetdicom's is one instance, one blob, no conflict."""
+    ds = _ct(32)[0]
+    for contexts in ((CTImageStorage,), (CTImageStorage, StudyRootQueryRetrieveInformationModelFind)):
+        assoc = _associate(ctx, *contexts)
+        assert assoc.send_c_store(ds).Status == 0x0000  # type: ignore[attr-defined]
+        assoc.release()  # type: ignore[attr-defined]
+    assert dimse.lean is not None and dimse.lean.served == 1
+    assert _stored(ctx) == [ds.SOPInstanceUID]
+    with ctx.db.session() as s:
+        assert s.execute(select(func.count()).select_from(StoreConflict)).scalar_one() == 0
 
 
 def test_lean_path_can_be_switched_off(ctx: Context, gh_node: str) -> None:

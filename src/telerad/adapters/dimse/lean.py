@@ -34,10 +34,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts
-from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -48,7 +47,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
-from telerad.adapters.dimse import ul
+from telerad.adapters.dimse import filemeta, ul
 from telerad.adapters.dimse.common import Runtime
 from telerad.adapters.dimse.common import status as _status
 from telerad.adapters.dimse.lean_get import serve_get
@@ -212,15 +211,16 @@ class LeanStoreEvent:
     """What :func:`.storage.handle_store` and :func:`.storage.handle_echo` read from a pynetdicom event."""
 
     def __init__(self, assoc: LeanAssociation,
-                 part10: tuple[FileMetaDataset, list[memoryview | bytearray]] | None = None) -> None:
+                 part10: tuple[tuple[str, str, str], list[memoryview | bytearray]] | None = None) -> None:
         self.assoc = assoc
-        self._part10 = part10
+        self._part10 = part10  # ((SOP Class, SOP Instance, Transfer Syntax UIDs), received Data Set parts)
 
     def encoded_dataset(self) -> bytes:
-        """The received Data Set as a Part 10 object, as pynetdicom's ``Event.encoded_dataset`` builds it."""
+        """The received Data Set as a Part 10 object, byte for byte as pynetdicom's ``Event.encoded_dataset``
+        builds it (:mod:`.filemeta`)."""
         assert self._part10 is not None
-        meta, parts = self._part10
-        return b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta), *parts))
+        uids, parts = self._part10
+        return b"".join((filemeta.part10_header(*uids), *parts))
 
 
 class LeanAssociation:
@@ -437,9 +437,8 @@ class LeanAssociation:
             self.rt.audit.stored(self, None, OUT_OF_RESOURCES)
             code = _status(OUT_OF_RESOURCES, f"object exceeds the maximum of {self.max_object} bytes")
         else:
-            meta = create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(instance),
-                                    transfer_syntax=UID(transfer_syntax))
-            code = handle_store(LeanStoreEvent(self, (meta, message.parts)), self.rt)
+            uids = (sop_class, instance, transfer_syntax)
+            code = handle_store(LeanStoreEvent(self, (uids, message.parts)), self.rt)
         self.respond(context_id, field, message_id, _status_elements(code), sop_class=sop_class, instance=instance)
 
     def respond(self, context_id: int, field: int, message_id: int, elements: dict[int, int | str], *,
