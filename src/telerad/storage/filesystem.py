@@ -121,7 +121,7 @@ class FileSystemStore:
         """:meth:`put_chunks` for bytes in memory: hashed first, so content already stored is not written again
         (a stored blob was fsync'd before it was renamed into place)."""
         key = hashlib.sha256(data).hexdigest()
-        if self.path(key).exists():
+        if os.path.exists(self._file(key)):
             return key, len(data)
         if self.direct_write:
             tmp = f"{self._tmp}/in-{secrets.token_hex(8)}"
@@ -169,17 +169,18 @@ class FileSystemStore:
 
     def _place(self, tmp: str, key: str) -> None:
         """Rename the fsync'd temporary file ``tmp`` to the blob ``key`` and make the rename durable."""
-        dest = self.path(key)
-        if dest.exists():
+        dest = self._file(key)  # strings, not pathlib: this runs once per stored object
+        if os.path.exists(dest):
             os.unlink(tmp)
             return
+        fan = f"{self._root}/{key[:2]}"
         try:
             os.replace(tmp, dest)  # its fan-out directory exists since the store was opened
         except FileNotFoundError:  # ... unless someone removed it since: made again, durably
-            dest.parent.mkdir(exist_ok=True)
+            os.makedirs(fan, exist_ok=True)
             _fsync_dir(self.root)
             os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        _fsync_dir(fan)
 
     def open(self, key: str, buffered: bool = True) -> BinaryIO:
         """The blob for reading; ``buffered=False`` for a caller that only wants its descriptor (sendfile), which
@@ -218,7 +219,7 @@ class FileSystemStore:
         self.path(key).unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
