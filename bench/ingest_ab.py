@@ -38,7 +38,7 @@ def _variants(specs: list[str]) -> dict[str, dict[str, str]]:
             key, eq, value = item.partition("=")
             if not eq:
                 raise SystemExit(f"--variant {spec!r}: {item!r} is not SETTING=VALUE")
-            settings["TELERAD_" + key.strip().upper()] = value.strip()
+            settings["TELERAD_" + key.strip().upper().removeprefix("TELERAD_")] = value.strip()
         out[name] = settings
     return out
 

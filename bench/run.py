@@ -389,7 +389,7 @@ def main() -> int:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             ap.error(f"--telerad-setting {item!r}: expected NAME=VALUE")
-        servers.TELERAD_SETTINGS["TELERAD_" + name.strip().upper().removeprefix("TELERAD_")] = value
+        servers.TELERAD_SETTINGS["TELERAD_" + name.strip().upper().removeprefix("TELERAD_")] = value.strip()
     which = [s.strip() for s in args.servers.split(",") if s.strip()]
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="telerad-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,22 @@ def test_concurrent_direct_writes_do_not_mix_buffers(tmp_path):
         assert store.path(hashlib.sha256(b).hexdigest()).read_bytes() == b
 
 
+def test_a_failed_direct_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """Whatever stops a write half-way (here a MemoryError, injected: it cannot be provoked on demand), the
+    temporary file goes and the error reaches the caller: nothing half-written is ever renamed into place."""
+    store = FileSystemStore(tmp_path, direct_write=True)
+
+    def fail(fd: int, data: bytes) -> None:
+        raise MemoryError("injected")
+
+    monkeypatch.setattr(direct, "write_all", fail)
+    with pytest.raises(MemoryError):
+        store.put(b"x" * 10_000)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert not store.path(hashlib.sha256(b"x" * 10_000).hexdigest()).exists()
+    assert store.direct_write
+
+
 _RAMFS_SCRIPT = """
 import hashlib, json, logging, os, sys
 from telerad.storage.filesystem import FileSystemStore

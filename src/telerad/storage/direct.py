@@ -24,6 +24,9 @@ ALIGN = 4096
 BUFFER_BYTES = 4 << 20  # one copy-and-write step; a larger object is written in several
 
 
+KEEP_BUFFERS = 8  # buffers kept for reuse; more concurrent writers get theirs and let it go after
+
+
 class _Buffers:
     """Page-aligned anonymous buffers, reused across writes and threads (a buffer per concurrent writer):
     fresh memory for every object would cost what the page cache did."""
@@ -36,13 +39,17 @@ class _Buffers:
     def take(self) -> Iterator[mmap.mmap]:
         with self._lock:
             buf = self._free.pop() if self._free else None
-        if buf is None:
-            buf = mmap.mmap(-1, BUFFER_BYTES)  # anonymous mappings are page-aligned
+        if buf is None:  # anonymous mappings are page-aligned; private, so never shared with a forked child
+            buf = mmap.mmap(-1, BUFFER_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         try:
             yield buf
         finally:
             with self._lock:
-                self._free.append(buf)
+                keep = len(self._free) < KEEP_BUFFERS
+                if keep:
+                    self._free.append(buf)
+            if not keep:
+                buf.close()
 
 
 _buffers = _Buffers()

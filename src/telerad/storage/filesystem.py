@@ -127,10 +127,10 @@ class FileSystemStore:
             tmp = f"{self._tmp}/in-{secrets.token_hex(8)}"
             try:
                 self._write_direct(tmp, data)
-            except OSError as exc:
+            except BaseException as exc:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-                if exc.errno != errno.EINVAL:
+                if not isinstance(exc, OSError) or exc.errno != errno.EINVAL:
                     raise
                 log.warning("the blob store's file system refuses O_DIRECT (%s); writing through the page "
                             "cache from now on", exc)

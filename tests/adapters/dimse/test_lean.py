@@ -496,6 +496,25 @@ def test_data_set_in_tiny_and_empty_fragments_is_stored_intact(ctx: Context, raw
     assert pydicom.dcmread(ctx.blobs.path(key)).PixelData == ds.PixelData
 
 
+def test_store_request_without_an_affected_sop_instance_uid_is_refused(ctx: Context, raw: socket.socket) -> None:
+    """PS3.7 9.1.1.1: a C-STORE-RQ names the instance it stores; one that does not gets 0xC000 with a reason,
+    nothing is stored, and the association goes on."""
+    _associated(raw)
+    ds = _ct(16)[0]
+    data = bytes(encode(ds, True, True))
+    raw.sendall(_pdv(1, 0x03, _command(AffectedSOPClassUID=CTImageStorage, CommandField=0x0001, MessageID=5,
+                                       Priority=0, CommandDataSetType=0x0000, AffectedSOPInstanceUID=" ")))
+    raw.sendall(_pdv(1, 0x02, data))
+    pdu_type, body = _read_pdu(raw)
+    assert pdu_type == 0x04
+    rsp = decode(BytesIO(body[6:]), True, True)
+    assert (rsp.MessageIDBeingRespondedTo, rsp.Status) == (5, 0xC000)
+    assert "no Affected SOP Instance UID" in rsp.ErrorComment
+    assert _stored(ctx) == []
+    raw.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+    assert _read_pdu(raw)[0] == 0x06  # A-RELEASE-RP
+
+
 def test_empty_fragments_hold_no_memory() -> None:
     """A peer streaming empty, never-last Data Set fragments (each counts 0 bytes against max_object_bytes)
     must not make the association hold memory for them (unit level: the PDV handler alone)."""

@@ -34,16 +34,25 @@ _IMPLEMENTATION = (_short(0x0012, b"UI", str(PYNETDICOM_IMPLEMENTATION_UID).enco
 
 def part10_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
     """Preamble, prefix and File Meta Information for a Data Set of this SOP Class/Instance in this transfer
-    syntax; ValueError for a value that cannot be encoded (not ASCII, or too long)."""
-    try:
-        body = b"".join((
-            _VERSION,
-            _short(0x0002, b"UI", sop_class_uid.encode("ascii"), b"\x00"),
-            _short(0x0003, b"UI", sop_instance_uid.encode("ascii"), b"\x00"),
-            _short(0x0010, b"UI", transfer_syntax_uid.encode("ascii"), b"\x00"),
-            _IMPLEMENTATION,
-        ))
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"a File Meta UID is not ASCII: {exc}") from None
+    syntax; ValueError for a value that cannot be encoded (empty, not ASCII, or too long).
+
+    Values are stripped of surrounding whitespace, as pydicom's ``UID`` does for pynetdicom's path."""
+    values = []
+    for name, uid in (("SOP Class", sop_class_uid), ("SOP Instance", sop_instance_uid),
+                      ("Transfer Syntax", transfer_syntax_uid)):
+        uid = uid.strip()
+        if not uid:
+            raise ValueError(f"no Media Storage {name} UID for the File Meta Information")
+        try:
+            values.append(uid.encode("ascii"))
+        except UnicodeEncodeError:
+            raise ValueError(f"the {name} UID {uid[:80]!r} is not ASCII") from None
+    body = b"".join((
+        _VERSION,
+        _short(0x0002, b"UI", values[0], b"\x00"),
+        _short(0x0003, b"UI", values[1], b"\x00"),
+        _short(0x0010, b"UI", values[2], b"\x00"),
+        _IMPLEMENTATION,
+    ))
     group_length = _SHORT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(body))
     return _PREAMBLE_AND_PREFIX + group_length + body

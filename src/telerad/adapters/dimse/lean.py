@@ -52,7 +52,7 @@ from telerad.adapters.dimse.common import Runtime
 from telerad.adapters.dimse.common import status as _status
 from telerad.adapters.dimse.lean_get import serve_get
 from telerad.adapters.dimse.storage import handle_echo, handle_store
-from telerad.archive.errors import OUT_OF_RESOURCES
+from telerad.archive.errors import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +433,8 @@ class LeanAssociation:
         if sop_class != abstract:
             code: int | Dataset = _status(SOP_CLASS_NOT_SUPPORTED,
                                           "Affected SOP Class UID differs from the presentation context")
+        elif not instance.strip():
+            code = _status(CANNOT_UNDERSTAND, "the C-STORE request has no Affected SOP Instance UID")
         elif message.overflow:
             self.rt.audit.stored(self, None, OUT_OF_RESOURCES)
             code = _status(OUT_OF_RESOURCES, f"object exceeds the maximum of {self.max_object} bytes")
