@@ -5,8 +5,9 @@ Two goals are ratios to Orthanc that a server can only reach if the client and t
 the least work possible (a blocking socket, one ``sendall`` per response, keep-alive) and measures them with
 the very clients the suite uses:
 
-* the client floor of a frame: the same httpx client and headers as :func:`measure.frames`, a body the size
-  of one frame wrapped in the same multipart framing;
+* the client floor of a frame: the same clients and headers as :func:`measure.frames` (its lean
+  ``http.client`` connection, the goal's figure, and httpx), a body the size of one frame wrapped in the same
+  multipart framing;
 * the loopback ceiling of a study: ``curl`` to /dev/null as in :func:`measure.wado_study_curl`, a body the size
   of the study.
 
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import httpx
+from measure import LeanClient
 
 _BOUNDARY = b"reference-boundary"
 _SEND = 4 << 20
@@ -31,8 +33,9 @@ _SEND = 4 << 20
 
 @dataclass
 class Reference:
-    frame_floor_p50_ms: float
+    frame_floor_p50_ms: float  # through measure.LeanClient, the client of the frames goal
     study_ceiling_mb_s: float
+    frame_floor_httpx_p50_ms: float
 
 
 class _FixedServer:
@@ -76,23 +79,31 @@ class _FixedServer:
         self.sock.close()
 
 
-def frame_floor(frame_bytes: int, accept: str, requests: int) -> float:
-    """p50 seconds of a frames-like request through httpx, as :func:`measure.frames` makes them."""
+def frame_floor(frame_bytes: int, accept: str, requests: int, lean: bool = True) -> float:
+    """p50 seconds of a frames-like request as :func:`measure.frames` makes them (``lean``: through
+    :class:`measure.LeanClient`, else httpx)."""
     part = (b"--" + _BOUNDARY + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + bytes(frame_bytes)
             + b"\r\n--" + _BOUNDARY + b"--\r\n")
     srv = _FixedServer(part, f'multipart/related; type="application/octet-stream"; boundary={_BOUNDARY.decode()}')
+    base, auth = f"http://127.0.0.1:{srv.port}", {"Authorization": "Bearer reference"}
     try:
         samples = []
-        with httpx.Client(base_url=f"http://127.0.0.1:{srv.port}", timeout=60,
-                          headers={"Authorization": "Bearer reference"}) as c:
+        lc = LeanClient(base, auth) if lean else None
+        with httpx.Client(base_url=base, timeout=60, headers=auth) as c:
             for i in range(requests + 1):  # first is a warm-up
                 t0 = time.perf_counter()
-                r = c.get("/frames/1", headers={"Accept": accept})
+                if lc is not None:
+                    status, body = lc.get("/frames/1", {"Accept": accept})
+                else:
+                    r = c.get("/frames/1", headers={"Accept": accept})
+                    status, body = r.status_code, r.content
                 dt = time.perf_counter() - t0
-                if r.status_code != 200 or len(r.content) < frame_bytes:
-                    raise RuntimeError(f"reference frame server answered {r.status_code}, {len(r.content)} bytes")
+                if status != 200 or len(body) < frame_bytes:
+                    raise RuntimeError(f"reference frame server answered {status}, {len(body)} bytes")
                 if i:
                     samples.append(dt)
+        if lc is not None:
+            lc.close()
         return statistics.median(samples)
     finally:
         srv.close()
@@ -118,4 +129,5 @@ def study_ceiling(study_bytes: int, runs: int) -> float:
 
 
 def measure_reference(frame_bytes: int, study_bytes: int, accept: str, requests: int, runs: int) -> Reference:
-    return Reference(frame_floor(frame_bytes, accept, requests) * 1000, study_ceiling(study_bytes, runs))
+    return Reference(frame_floor(frame_bytes, accept, requests) * 1000, study_ceiling(study_bytes, runs),
+                     frame_floor(frame_bytes, accept, requests, lean=False) * 1000)

@@ -20,6 +20,7 @@ from telerad.adapters.api import admin, auth
 from telerad.adapters.api import audit as audit_api
 from telerad.adapters.dicomweb import qido, rendered, stow, wado, wado_uri
 from telerad.adapters.dicomweb.deps import DICOMWEB_PREFIX
+from telerad.adapters.dicomweb.frames_shortcut import FramesShortcut
 from telerad.adapters.http.audit import AuditMiddleware
 from telerad.adapters.http.headers import SecurityHeadersMiddleware
 from telerad.context import Context
@@ -46,6 +47,7 @@ def create_app(ctx: Context) -> FastAPI:
     app.include_router(auth.router, prefix="/api/auth", tags=["auth"])
     app.include_router(admin.router, prefix="/api", tags=["admin"])
     app.include_router(audit_api.router, prefix="/api", tags=["audit"])
+    app.add_middleware(FramesShortcut, ctx=ctx)  # innermost: audited and decorated like the route
     app.add_middleware(AuditMiddleware, ctx=ctx)
     app.add_middleware(SecurityHeadersMiddleware, settings=ctx.settings)
 

@@ -18,7 +18,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRBigEndian
-from sqlalchemy import Select, select
+from sqlalchemy import Select, bindparam, select
 
 from telerad.archive.parse import BASE_PLACEHOLDER
 from telerad.context import Context
@@ -113,15 +113,24 @@ def find_instances(ctx: Context, site_id: int, study: str, series: str | None = 
 
 
 def get_instance(ctx: Context, site_id: int, study: str, series: str, sop: str) -> StoredInstance:
-    """One instance with its frame index. Raises NotFound."""
-    q = _scoped(select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
-                       Instance.transfer_syntax_uid, Instance.blob_key, Instance.size,
-                       Instance.number_of_frames, Instance.frames_json), site_id, study, series, sop)
-    with ctx.db.session() as s:
-        row = s.execute(q).first()
+    """One instance with its frame index. Raises NotFound. One prepared statement on a plain connection:
+    every frame request of a viewer scrolling a stack runs it."""
+    with ctx.db.engine.connect() as conn:
+        row = conn.execute(_ONE_INSTANCE, {"site": site_id, "study": study, "series": series, "sop": sop}).first()
     if row is None:
         raise NotFound(_what(study, series, sop))
     return StoredInstance(*row)
+
+
+# The same scoping as _scoped, built once (SQLAlchemy then reuses its compiled form from the cache).
+_ONE_INSTANCE = (
+    select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid,
+           Instance.blob_key, Instance.size, Instance.number_of_frames, Instance.frames_json)
+    .select_from(Instance).join(Series, Instance.series_fk == Series.id).join(Study, Series.study_fk == Study.id)
+    .where(Instance.site_id == bindparam("site"), Series.site_id == bindparam("site"),
+           Study.site_id == bindparam("site"), Study.study_uid == bindparam("study"),
+           Series.series_uid == bindparam("series"), Instance.sop_uid == bindparam("sop"))
+)
 
 
 def _what(study: str, series: str | None, sop: str | None) -> str:
@@ -223,6 +232,10 @@ def indexed_frame_bytes(inst: StoredInstance, numbers: list[int]) -> int | None:
 
 
 def _read_fragments(f: Any, fragments: list[list[int]]) -> bytes:
+    if len(fragments) == 1:  # a native frame, or a compressed one in one fragment: no second copy
+        f.seek(fragments[0][0])
+        data: bytes = f.read(fragments[0][1])
+        return data
     out = bytearray()
     for offset, length in fragments:
         f.seek(offset)

@@ -36,9 +36,13 @@ StoreDep = StoreSiteDep
 SiteUriDep = ReadSiteUriDep
 
 
+def is_uid(value: str) -> bool:
+    return len(value) <= 64 and _UID.match(value) is not None
+
+
 def check_uid(name: str, value: str) -> None:
     """400 for a value that cannot be a UID (PS3.5 9.1): it could never be found, and must not reach SQL."""
-    if len(value) > 64 or not _UID.match(value):
+    if not is_uid(value):
         raise HTTPException(400, f"invalid {name} UID {value[:80]!r}: digits and dots, at most 64 characters")
 
 

@@ -60,6 +60,26 @@ def stream(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: st
         yield b"".join(pending)
 
 
+def gathered(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str,
+             alone: int = 64 << 10) -> list[bytes]:
+    """The whole body of a multipart message whose parts are in memory, as pieces to send one after another:
+    a piece of at least ``alone`` bytes (a frame) is kept as it is, not copied into a joined body; the small
+    pieces around it (part headers, delimiters) are joined."""
+    out: list[bytes] = []
+    pending: list[bytes] = []
+    for piece in _pieces(parts, boundary):
+        if len(piece) < alone:
+            pending.append(piece)
+            continue
+        if pending:
+            out.append(b"".join(pending))
+            pending = []
+        out.append(piece)
+    if pending:
+        out.append(b"".join(pending))
+    return out
+
+
 def _pieces(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
     for headers, chunks in parts:
         yield part_head(boundary, headers)

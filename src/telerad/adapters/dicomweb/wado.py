@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from telerad.adapters.dicomweb import media, multipart
 from telerad.adapters.dicomweb.deps import CtxDep, SiteDep, service_root, valid_path_uids
@@ -188,12 +189,33 @@ def payload_response(request: Request, payload: PixelPayload) -> Response:
     if not media.accepts_multipart(ranges, payload.media_type, payload.transfer_syntax_uid):
         raise HTTPException(406, f'not acceptable: available as multipart/related; type="{payload.media_type}"; '
                                  f"transfer-syntax={payload.transfer_syntax_uid} only; telerad does not transcode")
+    return payload_response_for(payload)
+
+
+def payload_response_for(payload: PixelPayload) -> Response:
+    """Frames or bulk data as multipart/related of their media type (the Accept header already checked)."""
     boundary = multipart.new_boundary()
     headers = {"Content-Type": f"{payload.media_type}; transfer-syntax={payload.transfer_syntax_uid}"}
-    # The parts are in memory already: one plain response, no per-chunk iteration through the thread pool.
-    body = b"".join(multipart.stream(((headers, [p]) for p in payload.parts), boundary))
-    return Response(body, media_type=multipart.content_type(payload.media_type, boundary,
-                                                            payload.transfer_syntax_uid))
+    # The parts are in memory already: each large one goes out as it is, neither copied into one joined body
+    # nor iterated through the thread pool.
+    return PiecesResponse(multipart.gathered(((headers, [p]) for p in payload.parts), boundary),
+                          multipart.content_type(payload.media_type, boundary, payload.transfer_syntax_uid))
+
+
+class PiecesResponse(Response):
+    """A body held in memory as a few pieces, sent one ASGI body message each, with their total length."""
+
+    def __init__(self, pieces: list[bytes], media_type: str) -> None:
+        self.pieces = pieces
+        super().__init__(media_type=media_type, headers={"Content-Length": str(sum(len(p) for p in pieces))})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.pieces) - 1
+        for i, piece in enumerate(self.pieces):
+            await send({"type": "http.response.body", "body": piece, "more_body": i < last})
+        if not self.pieces:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}",
