@@ -30,4 +30,5 @@ class Context:
 
     def close(self) -> None:
         self.audit.close()
+        self.blobs.close()
         self.db.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 
@@ -100,6 +101,36 @@ def test_rejections_have_reasons(ctx, site):
     ds.save_as(buf)
     r = store(ctx, site.id, buf.getvalue())
     assert r.status == CANNOT_UNDERSTAND and "StudyInstanceUID" in r.reason
+    assert count(ctx, Instance) == 0
+
+
+def _stored_files(ctx) -> list[str]:
+    return sorted(p.name for p in ctx.blobs.root.glob("??/*"))
+
+
+def test_rejected_objects_leave_no_blob_and_no_staged_file(ctx, site):
+    """The blob is staged while the object is parsed; a rejected object's staged file is removed."""
+    before = _stored_files(ctx)
+    truncated = open(get_testdata_file("MR_truncated.dcm"), "rb").read()
+    ds = pydicom.dcmread(io.BytesIO(ct_series(PATIENT, generate_uid(), "A", 1, 16)[0]))
+    ds.SOPInstanceUID = "1.2.3.x"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    for bad in (truncated, buf.getvalue(), b"not dicom at all"):
+        assert store(ctx, site.id, bad).outcome is Outcome.REJECTED
+    assert _stored_files(ctx) == before
+    assert list((ctx.blobs.root / "tmp").iterdir()) == []
+    assert count(ctx, Instance) == 0
+
+
+def test_a_failed_blob_write_is_a_storage_failure_and_indexes_nothing(ctx, site, monkeypatch):
+    def full(data: bytes):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ctx.blobs, "stage", full)
+    r = store(ctx, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
+    assert r.outcome is Outcome.REJECTED and r.status == OUT_OF_RESOURCES
+    assert r.reason == "storage failure: No space left on device"
     assert count(ctx, Instance) == 0
 
 

@@ -73,3 +73,59 @@ def test_a_removed_fan_out_directory_is_made_again(tmp_path):
     key = hashlib.sha256(b"again").hexdigest()
     (tmp_path / key[:2]).rmdir()
     assert store.put(b"again") == (key, 5) and store.path(key).read_bytes() == b"again"
+
+
+def test_a_staged_blob_is_invisible_until_placed(tmp_path):
+    store = FileSystemStore(tmp_path)
+    staged = store.stage(b"staged bytes")
+    assert staged.key == hashlib.sha256(b"staged bytes").hexdigest() and staged.size == 12
+    assert not store.exists(staged.key)
+    assert staged.tmp is not None and open(staged.tmp, "rb").read() == b"staged bytes"
+    assert store.place(staged) == (staged.key, 12)
+    assert store.path(staged.key).read_bytes() == b"staged bytes"
+    assert list((tmp_path / "tmp").iterdir()) == []
+    again = store.stage(b"staged bytes")  # stored already: nothing is written
+    assert again.tmp is None and store.place(again) == (staged.key, 12)
+
+
+def test_a_discarded_stage_leaves_nothing(tmp_path):
+    store = FileSystemStore(tmp_path)
+    staged = store.stage_in_background(b"rejected object").result()
+    store.discard(staged)
+    assert list((tmp_path / "tmp").iterdir()) == [] and not store.exists(staged.key)
+    store.discard(staged)  # twice is harmless
+
+
+def test_background_staging_runs_on_staging_threads_of_this_process(tmp_path):
+    import threading
+
+    store = FileSystemStore(tmp_path)
+    real = store.stage
+    names: list[str] = []
+
+    def spy(data: bytes):
+        names.append(threading.current_thread().name)
+        return real(data)
+
+    store.stage = spy  # type: ignore[method-assign]
+    futures = [store.stage_in_background(bytes([i]) * 1000) for i in range(20)]
+    keys = {store.place(f.result())[0] for f in futures}
+    assert len(keys) == 20 and all(store.exists(k) for k in keys)
+    assert names and all(n.startswith("blob-stage") for n in names)
+
+
+def test_close_stops_the_staging_threads(tmp_path):
+    import threading
+
+    def staging() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("blob-stage")}
+
+    others = staging()  # other tests' stores
+    store = FileSystemStore(tmp_path)
+    store.place(store.stage_in_background(b"x").result())
+    assert staging() - others
+    store.close()
+    assert not staging() - others
+    assert store.place(store.stage_in_background(b"y").result())[1] == 1  # usable again after close
+    store.close()
+    assert not staging() - others

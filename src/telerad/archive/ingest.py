@@ -2,6 +2,11 @@
 
 Order of durability (issue #2 §3): the blob is fsync'd and renamed into place, then the index row is
 committed, and only then does the caller answer success. A failure never answers success.
+
+The blob's temporary file is written and fsync'd on a staging thread while this thread parses the object
+(:meth:`~telerad.storage.filesystem.FileSystemStore.stage_in_background`): one association's objects come one
+after another, so each one's parse and its write no longer add up. The file gets its key (the rename) only
+once the parse accepted the object; a rejected object's temporary file is removed.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Insert, bindparam, insert, select, update
@@ -21,9 +27,17 @@ from telerad.archive.errors import (
     PROCESSING_FAILURE,
     RejectedObject,
 )
-from telerad.archive.parse import SERIES_TAGS, STUDY_TAGS, ParsedObject, level_json, parse_object
+from telerad.archive.parse import (
+    SERIES_TAGS,
+    STUDY_TAGS,
+    ParsedObject,
+    level_json,
+    normalise_part10,
+    parse_object,
+)
 from telerad.context import Context
 from telerad.db.models import Instance, Patient, Series, StoreConflict, Study
+from telerad.storage.filesystem import Staged
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +71,24 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
         return StoreResult(Outcome.REJECTED, status=OUT_OF_RESOURCES,
                            reason=f"object of {len(raw)} bytes exceeds the maximum of {s.max_object_bytes}")
     try:
-        obj = parse_object(raw, max_rows=s.max_rows, max_columns=s.max_columns, max_frames=s.max_frames)
+        data = normalise_part10(raw)
     except RejectedObject as exc:
         return StoreResult(Outcome.REJECTED, status=exc.status, reason=exc.reason)
+    # The blob is written and fsync'd on a staging thread while this one parses the same bytes; it is renamed
+    # into place only once the object is accepted (issue #2 section 3: blob durable, then index, then success).
+    staging = ctx.blobs.stage_in_background(data)
+    try:
+        obj = parse_object(data, max_rows=s.max_rows, max_columns=s.max_columns, max_frames=s.max_frames)
+    except RejectedObject as exc:
+        _discard(ctx, staging)
+        return StoreResult(Outcome.REJECTED, status=exc.status, reason=exc.reason)
     except Exception as exc:  # a parser bug must not take the server down or answer success
+        _discard(ctx, staging)
         log.exception("unexpected failure parsing an object from %s", source)
         return StoreResult(Outcome.REJECTED, status=PROCESSING_FAILURE, reason=f"cannot process object: {exc}")
 
     try:
-        key, size = ctx.blobs.put(obj.data)
+        key, size = ctx.blobs.place(staging.result())
     except OSError as exc:
         log.exception("blob write failed")
         return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, f"storage failure: {exc.strerror or exc}")
@@ -81,6 +104,14 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
             log.exception("index failure")
             return _result(obj, Outcome.REJECTED, PROCESSING_FAILURE, f"index failure: {exc}")
     return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, "database busy, try again")
+
+
+def _discard(ctx: Context, staging: Future[Staged]) -> None:
+    """Remove the staged blob of a rejected object (nothing was placed under its key)."""
+    try:
+        ctx.blobs.discard(staging.result())
+    except OSError:
+        pass  # its write failed: nothing to remove
 
 
 def _result(obj: ParsedObject, outcome: Outcome, status: int = 0, reason: str = "") -> StoreResult:

@@ -23,7 +23,10 @@ import os
 import re
 import secrets
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,10 +38,20 @@ _FAN = re.compile(r"^[0-9a-f]{2}$")
 CHUNK = 1 << 20
 LAYOUT = "layout"  # file in the store's root: the layout version, written once the fan-out exists
 LAYOUT_VERSION = b"1 ab/<sha256>\n"
+STAGING_THREADS = 8  # at most this many objects of one process are written at once; more wait their turn
 
 
 class InvalidKey(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A blob written and fsync'd to ``tmp`` but not yet under its key; ``tmp`` None: stored already."""
+
+    key: str
+    size: int
+    tmp: str | None
 
 
 class FileSystemStore:
@@ -52,6 +65,9 @@ class FileSystemStore:
         (self.root / "tmp").mkdir(exist_ok=True)
         self._tmp = str(self.root / "tmp")
         self._root = str(self.root)
+        self._stager: ThreadPoolExecutor | None = None
+        self._stager_pid = 0
+        self._stager_lock = threading.Lock()
         if not (self.root / LAYOUT).exists():
             self._upgrade()
 
@@ -93,6 +109,13 @@ class FileSystemStore:
         os.replace(tmp, self.root / LAYOUT)
         _fsync_dir(self.root)
 
+    def close(self) -> None:
+        """Stop the staging threads once what they were given is written."""
+        with self._stager_lock:
+            if self._stager is not None and self._stager_pid == os.getpid():
+                self._stager.shutdown(wait=True)
+            self._stager = None
+
     def exists(self, key: str) -> bool:
         return os.path.exists(self._file(key))
 
@@ -120,9 +143,15 @@ class FileSystemStore:
     def put(self, data: bytes) -> tuple[str, int]:
         """:meth:`put_chunks` for bytes in memory: hashed first, so content already stored is not written again
         (a stored blob was fsync'd before it was renamed into place)."""
+        return self.place(self.stage(data))
+
+    def stage(self, data: bytes) -> Staged:
+        """The first half of :meth:`put`: hash ``data`` and, unless that blob is stored already, write it to a
+        temporary file and fsync it. Nothing is visible under a key until :meth:`place`; :meth:`discard`
+        removes what was staged. The ingest path stages while it parses the same bytes."""
         key = hashlib.sha256(data).hexdigest()
         if os.path.exists(self._file(key)):
-            return key, len(data)
+            return Staged(key, len(data), None)
         if self.direct_write:
             tmp = f"{self._tmp}/in-{secrets.token_hex(8)}"
             try:
@@ -136,7 +165,7 @@ class FileSystemStore:
                             "cache from now on", exc)
                 self.direct_write = False
             else:
-                return self._placed(tmp, key, len(data))
+                return Staged(key, len(data), tmp)
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix="in-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -147,7 +176,27 @@ class FileSystemStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return self._placed(tmp, key, len(data))
+        return Staged(key, len(data), tmp)
+
+    def place(self, staged: Staged) -> tuple[str, int]:
+        """The second half of :meth:`put`: rename the staged file to its key, durably; (key, size)."""
+        if staged.tmp is None:
+            return staged.key, staged.size
+        return self._placed(staged.tmp, staged.key, staged.size)
+
+    def discard(self, staged: Staged) -> None:
+        """Remove a staged file that will not be placed (the object was rejected)."""
+        if staged.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged.tmp)
+
+    def stage_in_background(self, data: bytes) -> Future[Staged]:
+        """:meth:`stage` on one of this process's staging threads (the write and fsync release the GIL)."""
+        with self._stager_lock:
+            if self._stager is None or self._stager_pid != os.getpid():  # threads do not survive a fork
+                self._stager = ThreadPoolExecutor(max_workers=STAGING_THREADS, thread_name_prefix="blob-stage")
+                self._stager_pid = os.getpid()
+            return self._stager.submit(self.stage, data)
 
     @staticmethod
     def _write_direct(tmp: str, data: bytes) -> None:
