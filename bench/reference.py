@@ -86,26 +86,29 @@ def frame_floor(frame_bytes: int, accept: str, requests: int, lean: bool = True)
             + b"\r\n--" + _BOUNDARY + b"--\r\n")
     srv = _FixedServer(part, f'multipart/related; type="application/octet-stream"; boundary={_BOUNDARY.decode()}')
     base, auth = f"http://127.0.0.1:{srv.port}", {"Authorization": "Bearer reference"}
+    lc = LeanClient(base, auth) if lean else None
+    hc = None if lean else httpx.Client(base_url=base, timeout=60, headers=auth)
     try:
         samples = []
-        lc = LeanClient(base, auth) if lean else None
-        with httpx.Client(base_url=base, timeout=60, headers=auth) as c:
-            for i in range(requests + 1):  # first is a warm-up
-                t0 = time.perf_counter()
-                if lc is not None:
-                    status, body = lc.get("/frames/1", {"Accept": accept})
-                else:
-                    r = c.get("/frames/1", headers={"Accept": accept})
-                    status, body = r.status_code, r.content
-                dt = time.perf_counter() - t0
-                if status != 200 or len(body) < frame_bytes:
-                    raise RuntimeError(f"reference frame server answered {status}, {len(body)} bytes")
-                if i:
-                    samples.append(dt)
-        if lc is not None:
-            lc.close()
+        for i in range(requests + 1):  # first is a warm-up
+            t0 = time.perf_counter()
+            if lc is not None:
+                status, body = lc.get("/frames/1", {"Accept": accept})
+            else:
+                assert hc is not None
+                r = hc.get("/frames/1", headers={"Accept": accept})
+                status, body = r.status_code, r.content
+            dt = time.perf_counter() - t0
+            if status != 200 or len(body) < frame_bytes:
+                raise RuntimeError(f"reference frame server answered {status}, {len(body)} bytes")
+            if i:
+                samples.append(dt)
         return statistics.median(samples)
     finally:
+        if lc is not None:
+            lc.close()
+        if hc is not None:
+            hc.close()
         srv.close()
 
 

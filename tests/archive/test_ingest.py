@@ -7,12 +7,20 @@ import io
 import json
 
 import pydicom
+import pydicom.filebase
+import pydicom.filewriter
+import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from telerad.archive.demo import ct_series
-from telerad.archive.errors import CANNOT_UNDERSTAND, DUPLICATE_SOP_INSTANCE, OUT_OF_RESOURCES
+from telerad.archive.errors import (
+    CANNOT_UNDERSTAND,
+    DUPLICATE_SOP_INSTANCE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+)
 from telerad.archive.ingest import Outcome, store
 from telerad.config import make_settings
 from telerad.context import Context
@@ -121,6 +129,33 @@ def test_rejected_objects_leave_no_blob_and_no_staged_file(ctx, site):
     assert _stored_files(ctx) == before
     assert list((ctx.blobs.root / "tmp").iterdir()) == []
     assert count(ctx, Instance) == 0
+
+
+def test_a_raw_data_set_pydicom_cannot_give_file_meta_is_refused_not_raised(ctx, site):
+    """No preamble, no File Meta, an empty SOP Class UID: building its File Meta fails inside pydicom."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = ""
+    ds.SOPInstanceUID = generate_uid()
+    fp = pydicom.filebase.DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    pydicom.filewriter.write_dataset(fp, ds)
+    raw = fp.getvalue()
+    assert raw[128:132] != b"DICM" and raw[:4] != b"DICM"
+    r = store(ctx, site.id, raw)
+    assert r.outcome is Outcome.REJECTED and r.status in (CANNOT_UNDERSTAND, PROCESSING_FAILURE)
+    assert r.reason and count(ctx, Instance) == 0
+
+
+def test_an_interrupted_store_leaves_no_staged_file(ctx, site, monkeypatch):
+    from telerad.archive import ingest
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ingest, "parse_object", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store(ctx, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
+    assert list((ctx.blobs.root / "tmp").iterdir()) == [] and _stored_files(ctx) == []
 
 
 def test_a_failed_blob_write_is_a_storage_failure_and_indexes_nothing(ctx, site, monkeypatch):

@@ -94,6 +94,7 @@ def test_a_discarded_stage_leaves_nothing(tmp_path):
     store.discard(staged)
     assert list((tmp_path / "tmp").iterdir()) == [] and not store.exists(staged.key)
     store.discard(staged)  # twice is harmless
+    store.close()
 
 
 def test_background_staging_runs_on_staging_threads_of_this_process(tmp_path):
@@ -112,6 +113,7 @@ def test_background_staging_runs_on_staging_threads_of_this_process(tmp_path):
     keys = {store.place(f.result())[0] for f in futures}
     assert len(keys) == 20 and all(store.exists(k) for k in keys)
     assert names and all(n.startswith("blob-stage") for n in names)
+    store.close()
 
 
 def test_close_stops_the_staging_threads(tmp_path):

@@ -74,24 +74,27 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
         data = normalise_part10(raw)
     except RejectedObject as exc:
         return StoreResult(Outcome.REJECTED, status=exc.status, reason=exc.reason)
+    except Exception as exc:  # pydicom failing on a malformed raw data set: refused, never raised
+        log.exception("unexpected failure reading an object from %s", source)
+        return StoreResult(Outcome.REJECTED, status=PROCESSING_FAILURE, reason=f"cannot process object: {exc}")
     # The blob is written and fsync'd on a staging thread while this one parses the same bytes; it is renamed
     # into place only once the object is accepted (issue #2 section 3: blob durable, then index, then success).
     staging = ctx.blobs.stage_in_background(data)
+    placed: tuple[str, int] | None = None
     try:
-        obj = parse_object(data, max_rows=s.max_rows, max_columns=s.max_columns, max_frames=s.max_frames)
-    except RejectedObject as exc:
-        _discard(ctx, staging)
-        return StoreResult(Outcome.REJECTED, status=exc.status, reason=exc.reason)
-    except Exception as exc:  # a parser bug must not take the server down or answer success
-        _discard(ctx, staging)
-        log.exception("unexpected failure parsing an object from %s", source)
-        return StoreResult(Outcome.REJECTED, status=PROCESSING_FAILURE, reason=f"cannot process object: {exc}")
-
-    try:
-        key, size = ctx.blobs.place(staging.result())
-    except OSError as exc:
-        log.exception("blob write failed")
-        return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, f"storage failure: {exc.strerror or exc}")
+        parsed = _parse(ctx, data, source)
+        if isinstance(parsed, StoreResult):
+            return parsed
+        obj = parsed
+        try:
+            placed = ctx.blobs.place(staging.result())
+        except OSError as exc:
+            log.exception("blob write failed")
+            return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, f"storage failure: {exc.strerror or exc}")
+    finally:
+        if placed is None:  # rejected, failed or interrupted: nothing may stay behind in the store
+            _discard(ctx, staging)
+    key, size = placed
 
     for attempt in range(5):
         try:
@@ -106,12 +109,26 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
     return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, "database busy, try again")
 
 
+def _parse(ctx: Context, data: bytes, source: str) -> ParsedObject | StoreResult:
+    s = ctx.settings
+    try:
+        return parse_object(data, max_rows=s.max_rows, max_columns=s.max_columns, max_frames=s.max_frames)
+    except RejectedObject as exc:
+        return StoreResult(Outcome.REJECTED, status=exc.status, reason=exc.reason)
+    except Exception as exc:  # a parser bug must not take the server down or answer success
+        log.exception("unexpected failure parsing an object from %s", source)
+        return StoreResult(Outcome.REJECTED, status=PROCESSING_FAILURE, reason=f"cannot process object: {exc}")
+
+
 def _discard(ctx: Context, staging: Future[Staged]) -> None:
-    """Remove the staged blob of a rejected object (nothing was placed under its key)."""
+    """Remove the staged blob of an object that will not be placed (a staging not yet started is cancelled:
+    a rejected object costs no write)."""
+    if staging.cancel():
+        return
     try:
         ctx.blobs.discard(staging.result())
-    except OSError:
-        pass  # its write failed: nothing to remove
+    except Exception:  # noqa: BLE001 - its write failed: nothing to remove, and the caller's answer stands
+        log.debug("staged blob of a rejected object: its write had failed", exc_info=True)
 
 
 def _result(obj: ParsedObject, outcome: Outcome, status: int = 0, reason: str = "") -> StoreResult:

@@ -38,7 +38,7 @@ _FAN = re.compile(r"^[0-9a-f]{2}$")
 CHUNK = 1 << 20
 LAYOUT = "layout"  # file in the store's root: the layout version, written once the fan-out exists
 LAYOUT_VERSION = b"1 ab/<sha256>\n"
-STAGING_THREADS = 8  # at most this many objects of one process are written at once; more wait their turn
+STAGING_THREADS = 32  # objects of one process written at once (one per association or STOW part in flight)
 
 
 class InvalidKey(ValueError):

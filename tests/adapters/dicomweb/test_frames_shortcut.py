@@ -4,8 +4,10 @@ the route, which answers as it always has."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 
+import pydicom
 import pytest
 from auth_support import add_user, bearer, login
 from dicomweb_support import SITE, mr_like, put, sample_file, split_multipart
@@ -163,3 +165,61 @@ def test_cross_tenant_frame_is_refused_and_audited_as_a_failure(ctx, site, other
     ctx.audit.flush()
     _, events = audit.search(ctx.db, study_uid=theirs.study, action=audit.Action.RETRIEVE)
     assert [(e["actor"], e["site"], e["outcome"]) for e in events] == [("reader", "GH", audit.MINOR_FAILURE)]
+
+
+@pytest.mark.parametrize(("repeated", "status"), [
+    ([("Accept", "application/dicom"), ("Accept", OCTETS)], 406),  # the route reads the first
+    ([("X-Telerad-Site", "RC"), ("X-Telerad-Site", "GH")], 404),
+])
+def test_repeated_headers_are_left_to_the_route(ctx, site, app_client, answered, repeated, status):
+    inst = put(ctx, site.id, mr_like(frames=1, size=16))
+    auth = bearer(ctx, "reader", "GH")
+    _warm(app_client, auth, inst.path)
+    answered.clear()
+    headers = [*auth.items(), *repeated]
+    if not any(name == "Accept" for name, _ in repeated):
+        headers.append(("Accept", OCTETS))
+    r = app_client.get(inst.path + "/frames/1", headers=headers)
+    assert r.status_code == status and answered == [False]
+
+
+def test_a_failure_inside_the_shortcut_is_answered_and_audited_by_the_route(ctx, site, answered, monkeypatch):
+    from telerad.archive import retrieve
+
+    add_user(ctx, "reader", ["site_staff"], ["GH"])
+    inst = put(ctx, site.id, mr_like(frames=1, size=16))
+    auth = bearer(ctx, "reader", "GH")
+    with TestClient(create_app(ctx), raise_server_exceptions=False) as client:
+        _warm(client, auth, inst.path)
+        answered.clear()
+
+        def unreadable(*args, **kwargs):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(retrieve, "frames", unreadable)
+        r = client.get(inst.path + "/frames/1", headers={**auth, "Accept": OCTETS})
+    assert r.status_code == 500 and answered == [False]
+    ctx.audit.flush()
+    _, events = audit.search(ctx.db, study_uid=inst.study, action=audit.Action.RETRIEVE)
+    assert events[0]["outcome"] == audit.SERIOUS_FAILURE and events[0]["details"]["status"] == 500
+
+
+def test_the_same_uids_at_two_sites_are_two_instances(ctx, site, other_site, app_client, answered):
+    """UIDs are unique within a site only: each site's token gets its own site's pixels."""
+    data = mr_like(frames=1, size=16)
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PixelData = bytes(len(ds.PixelData))  # same UIDs, other pixels
+    other = io.BytesIO()
+    ds.save_as(other)
+    mine, theirs = put(ctx, site.id, data), put(ctx, other_site.id, other.getvalue())
+    assert mine.path == theirs.path
+    add_user(ctx, "rc-reader", ["site_staff"], ["RC"])
+    pixels = {}
+    for user, code in (("reader", "GH"), ("rc-reader", "RC")):
+        auth = bearer(ctx, user, code)
+        _warm(app_client, auth, mine.path)
+        answered.clear()
+        r = app_client.get(mine.path + "/frames/1", headers={**auth, "Accept": OCTETS})
+        assert r.status_code == 200 and answered == [True]
+        (_, pixels[code]), = split_multipart(r.headers["content-type"], r.content)
+    assert pixels["RC"] == bytes(16 * 16 * 2) and pixels["GH"] != pixels["RC"]

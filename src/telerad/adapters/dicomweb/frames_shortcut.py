@@ -8,17 +8,19 @@ frames are indexed and small enough to read inline, in a form the ``Accept`` hea
 
 It calls the very functions the route calls (:func:`~telerad.security.tokens.check_token`,
 :func:`~telerad.security.scope.resolve_site`, :func:`~telerad.archive.retrieve.get_instance`,
-:func:`~telerad.archive.retrieve.frames`, :func:`~telerad.adapters.dicomweb.wado.payload_response`) and leaves
+:func:`~telerad.archive.retrieve.frames`, :func:`~telerad.adapters.dicomweb.wado.payload_response_for`) and leaves
 the principal, the site, the endpoint and the path parameters in the ASGI scope as the route would, so the
 audit and security-header middlewares around it record and decorate the response alike. Anything else falls
 through to the route, which answers it as it always has, errors included: other credentials or none, a
 refused or unknown token, one whose last-used time is due for an update, another site's or an unknown
 instance, a frame out of range, an unindexed or big endian file, a missing blob, an Accept it cannot satisfy,
-a query string. The shortcut never answers an error itself.
+a repeated Authorization, Accept or site header, a query string, and any unexpected failure (a database or
+file read error). The shortcut never answers an error itself.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 
 from fastapi import HTTPException
@@ -31,11 +33,13 @@ from telerad.adapters.http.auth import SITE_HEADER
 from telerad.archive import retrieve
 from telerad.context import Context
 from telerad.domain.access import Permission
-from telerad.security.scope import AccessError, resolve_site
+from telerad.security.scope import AccessError, Principal, SiteScope, resolve_site
 from telerad.security.tokens import check_token
 
 _PATH = re.compile(DICOMWEB_PREFIX + r"/studies/([^/]+)/series/([^/]+)/instances/([^/]+)/frames/([^/]+)")
 _SITE = SITE_HEADER.lower().encode()
+_HEADERS = frozenset({b"authorization", b"accept", _SITE})
+log = logging.getLogger(__name__)
 
 
 class FramesShortcut:
@@ -55,19 +59,34 @@ class FramesShortcut:
         await self.app(scope, receive, send)
 
     def _answer(self, scope: Scope, path: tuple[str, ...]) -> Response | None:
-        """The route's response for a plain request, or None when the route must answer."""
+        """The route's response for a plain request, or None when the route must answer. Any failure here,
+        expected or not (a database error, a file read error), leaves the request to the route, which
+        answers and audits it as it always has: the scope is only changed once the response is built."""
+        try:
+            found = self._plain(scope, path)
+        except Exception:  # noqa: BLE001 - the route reports it
+            log.debug("frames shortcut: left to the route", exc_info=True)
+            return None
+        if found is None:
+            return None
+        response, principal, site = found
+        state = scope.setdefault("state", {})
+        state["principal"], state["site"] = principal, site
+        scope["endpoint"] = wado.retrieve_frames  # the audit middleware reads the action from it
+        scope["path_params"] = dict(zip((*UID_PATH_PARAMS, "frame_list"), path, strict=True))
+        return response
+
+    def _plain(self, scope: Scope, path: tuple[str, ...]) -> tuple[Response, Principal, SiteScope] | None:
         study, series, sop, frame_list = path
         if not all(is_uid(v) for v in (study, series, sop)):
             return None
-        auth = accept = code = None
+        wanted: dict[bytes, str] = {}
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                auth = value.decode("latin-1")
-            elif name == b"accept":
-                accept = value.decode("latin-1") if accept is None else f"{accept}, {value.decode('latin-1')}"
-            elif name == _SITE:
-                code = value.decode("latin-1")
-        scheme, _, token = (auth or "").partition(" ")
+            if name in _HEADERS:
+                if name in wanted:
+                    return None  # repeated: the route reads these headers as Starlette does
+                wanted[name] = value.decode("latin-1")
+        scheme, _, token = wanted.get(b"authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
         client = scope.get("client")
@@ -77,7 +96,7 @@ class FramesShortcut:
             if last_used_stale:
                 return None  # the route records the use (a write, in the thread pool)
             known: dict[str, int] = scope["app"].state.__dict__.setdefault("site_ids", {})
-            site = resolve_site(ctx.db, principal, Permission.ARCHIVE_READ, code, known)
+            site = resolve_site(ctx.db, principal, Permission.ARCHIVE_READ, wanted.get(_SITE), known)
             numbers = retrieve.parse_frame_list(frame_list)
             inst = retrieve.get_instance(ctx, site.id, study, series, sop)
         except (AccessError, ValueError, retrieve.NotFound):
@@ -87,7 +106,7 @@ class FramesShortcut:
             return None
         media_type, ts = retrieve.pixel_media_type(inst.transfer_syntax_uid)
         try:
-            acceptable = media.accepts_multipart(media.parse_accept(accept), media_type, ts)
+            acceptable = media.accepts_multipart(media.parse_accept(wanted.get(b"accept")), media_type, ts)
         except HTTPException:  # a malformed Accept: the route answers 400
             return None
         if not acceptable:
@@ -96,8 +115,4 @@ class FramesShortcut:
             payload = retrieve.frames(ctx, inst, numbers)
         except retrieve.FrameError:
             return None
-        state = scope.setdefault("state", {})
-        state["principal"], state["site"] = principal, site
-        scope["endpoint"] = wado.retrieve_frames  # the audit middleware reads the action from it
-        scope["path_params"] = dict(zip((*UID_PATH_PARAMS, "frame_list"), path, strict=True))
-        return wado.payload_response_for(payload)
+        return wado.payload_response_for(payload), principal, site

@@ -216,6 +216,8 @@ class PiecesResponse(Response):
             await send({"type": "http.response.body", "body": piece, "more_body": i < last})
         if not self.pieces:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.background is not None:
+            await self.background()
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frame_list}",
