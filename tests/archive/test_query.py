@@ -109,3 +109,26 @@ def test_time_range(ctx, site, loaded):
     assert len(search(ctx, site.id, "STUDY", {"00080030": "0800-0900"})) == 3
     assert len(search(ctx, site.id, "STUDY", {"00080030": "0831-"})) == 0
     assert len(search(ctx, site.id, "STUDY", {"00080030": "0830"})) == 3
+
+
+def test_one_query_shape_serves_every_value_and_site(ctx, site, other_site, loaded):
+    """Selects are built once per query shape (telerad.archive.query._statement); the values, the site, the
+    limit and the offset of each call are its own."""
+    from telerad.archive import query
+
+    query._STATEMENTS.clear()
+    by_pid = {pid: [val(r, "0020000D") for r in search(ctx, site.id, "STUDY", {"00100020": pid})]
+              for pid in ("P1", "P2", "P3", "P1")}
+    assert by_pid == {pid: [loaded[pid]] for pid in ("P1", "P2", "P3")}
+    assert len(query._STATEMENTS) == 1
+    other = search(ctx, other_site.id, "STUDY", {"00100020": "P1"})
+    assert [val(r, "00100010") for r in other] == ["Other^Pat"]
+    dates = [val(r, "00080020") for r in search(ctx, site.id, "STUDY", {"00080020": "20240101-"})]
+    assert sorted(dates) == ["20240105", "20240220"]
+    assert [val(r, "00080020") for r in search(ctx, site.id, "STUDY", {"00080020": "-20231231"})] == ["20231231"]
+    pages = [[val(r, "00100020") for r in search(ctx, site.id, "STUDY", {"00080050": "A*"}, limit=1, offset=o)]
+             for o in range(4)]
+    assert pages == [["P1"], ["P2"], ["P3"], []]
+    names = [val(r, "00100020") for r in search(ctx, site.id, "STUDY", {"00100020": "P1\\P3"})]
+    assert names == ["P1", "P3"]
+    assert [val(r, "00100020") for r in search(ctx, site.id, "STUDY", {"00100020": "P2\\P9"})] == ["P2"]
