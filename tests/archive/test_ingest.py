@@ -159,14 +159,17 @@ def test_an_interrupted_store_leaves_no_staged_file(ctx, site, monkeypatch):
 
 
 def test_a_failed_blob_write_is_a_storage_failure_and_indexes_nothing(ctx, site, monkeypatch):
-    def full(data: bytes):
+    from telerad.storage import filesystem
+
+    def full(fd: int, data: bytes):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ctx.blobs, "stage", full)
+    monkeypatch.setattr(filesystem, "_write_all", full)
     r = store(ctx, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
     assert r.outcome is Outcome.REJECTED and r.status == OUT_OF_RESOURCES
     assert r.reason == "storage failure: No space left on device"
     assert count(ctx, Instance) == 0
+    assert list((ctx.blobs.root / "tmp").iterdir()) == [] and _stored_files(ctx) == []
 
 
 def test_caps(tmp_path, site, ctx):

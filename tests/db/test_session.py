@@ -106,3 +106,40 @@ def test_the_event_loop_thread_has_a_pool_of_its_own(ctx):
     assert loop_side == {"engine": loop_side["engine"], "on_loop": True, "answer": 1}
     assert loop_side["engine"] is not shared
     assert db.engine is shared and not db.on_event_loop()  # other threads keep the shared pool
+
+
+def test_writers_of_one_process_take_turns_without_sqlite_busy_waits(ctx):
+    """On SQLite a second writer thread queues on the process's write lock (woken when the first commits) rather
+    than in SQLite's busy handler, which sleeps 1 ms or more between tries; on PostgreSQL writers run together."""
+    import threading
+
+    sqlite = ctx.db.engine.dialect.name == "sqlite"
+    first_in, release, order = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with ctx.db.write_connection() as conn:
+            conn.execute(text("SELECT 1"))
+            first_in.set()
+            assert release.wait(10)
+            order.append("first commits")
+
+    def second() -> None:
+        with ctx.db.session(write=True) as s:
+            s.execute(text("SELECT 1"))
+            order.append("second writes")
+
+    a = threading.Thread(target=first)
+    a.start()
+    assert first_in.wait(10)
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(0.3)
+    assert b.is_alive() is sqlite  # SQLite: waiting for its turn; PostgreSQL: done
+    if sqlite:  # queued before it took a connection, not inside SQLite's BEGIN IMMEDIATE
+        assert ctx.db.engine.pool.checkedout() == 1
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert not a.is_alive() and not b.is_alive()
+    expected = ["first commits", "second writes"] if sqlite else ["second writes", "first commits"]
+    assert order == expected

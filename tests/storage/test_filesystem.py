@@ -101,18 +101,63 @@ def test_background_staging_runs_on_staging_threads_of_this_process(tmp_path):
     import threading
 
     store = FileSystemStore(tmp_path)
-    real = store.stage
+    real = store._write_staged
     names: list[str] = []
 
-    def spy(data: bytes):
+    def spy(*args):
         names.append(threading.current_thread().name)
-        return real(data)
+        return real(*args)
 
-    store.stage = spy  # type: ignore[method-assign]
+    store._write_staged = spy  # type: ignore[method-assign]
     futures = [store.stage_in_background(bytes([i]) * 1000) for i in range(20)]
     keys = {store.place(f.result())[0] for f in futures}
     assert len(keys) == 20 and all(store.exists(k) for k in keys)
-    assert names and all(n.startswith("blob-stage") for n in names)
+    assert len(names) == 20 and all(n.startswith("blob-stage") for n in names)
+    assert list((tmp_path / "tmp").iterdir()) == []
+    store.close()
+
+
+def test_a_background_staging_is_writing_when_it_returns(tmp_path, monkeypatch):
+    """The staging thread has begun the write by the time stage_in_background returns, so the caller's parse
+    overlaps it (a thread started while the caller holds the GIL would otherwise wait for the parse to end)."""
+    import threading
+
+    from telerad.storage import filesystem
+
+    entered = threading.Event()
+    release = threading.Event()
+    real = filesystem._write_all
+
+    def slow_write(fd: int, data: bytes) -> None:
+        entered.set()
+        assert release.wait(10)
+        real(fd, data)
+
+    monkeypatch.setattr(filesystem, "_write_all", slow_write)
+    store = FileSystemStore(tmp_path)
+    future = store.stage_in_background(b"parsed meanwhile")
+    assert entered.wait(5) and not future.done()
+    release.set()
+    staged = future.result()
+    assert staged.tmp is not None and open(staged.tmp, "rb").read() == b"parsed meanwhile"
+    assert store.place(staged)[0] == staged.key and store.path(staged.key).read_bytes() == b"parsed meanwhile"
+    store.close()
+
+
+def test_a_failed_write_leaves_no_staged_file(tmp_path, monkeypatch):
+    import errno
+
+    from telerad.storage import filesystem
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(filesystem, "_write_all", full)
+    store = FileSystemStore(tmp_path)
+    for stage in (store.stage, lambda data: store.stage_in_background(data).result()):
+        with pytest.raises(OSError):
+            stage(b"no room")
+        assert list((tmp_path / "tmp").iterdir()) == []
     store.close()
 
 

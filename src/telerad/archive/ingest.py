@@ -3,7 +3,7 @@
 Order of durability (issue #2 §3): the blob is fsync'd and renamed into place, then the index row is
 committed, and only then does the caller answer success. A failure never answers success.
 
-The blob's temporary file is written and fsync'd on a staging thread while this thread parses the object
+The blob's temporary file is written and synced on a staging thread while this thread parses the object
 (:meth:`~telerad.storage.filesystem.FileSystemStore.stage_in_background`): one association's objects come one
 after another, so each one's parse and its write no longer add up. The file gets its key (the rename) only
 once the parse accepted the object; a rejected object's temporary file is removed.
@@ -121,10 +121,7 @@ def _parse(ctx: Context, data: bytes, source: str) -> ParsedObject | StoreResult
 
 
 def _discard(ctx: Context, staging: Future[Staged]) -> None:
-    """Remove the staged blob of an object that will not be placed (a staging not yet started is cancelled:
-    a rejected object costs no write)."""
-    if staging.cancel():
-        return
+    """Remove the staged blob of an object that will not be placed, once its write is over."""
     try:
         ctx.blobs.discard(staging.result())
     except Exception:  # noqa: BLE001 - its write failed: nothing to remove, and the caller's answer stands

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
@@ -60,6 +60,11 @@ class Database:
         self._loop_engine: Engine | None = None
         self._loop_thread: int | None = None
         self._factory = sessionmaker(expire_on_commit=False)
+        # SQLite has one writer at a time. Its busy handler polls, sleeping 1, 2, 5, 10 ms... between tries, so
+        # two of this process's threads writing together (two associations' ingest) cost the second one a
+        # millisecond or more each time. Queued on a lock instead, it starts the moment the first commits.
+        # Other processes (DIMSE workers, ``telerad import``) still meet at SQLite's lock and its busy timeout.
+        self._writer = threading.RLock() if self._shared.dialect.name == "sqlite" else None
 
     @property
     def engine(self) -> Engine:
@@ -83,27 +88,32 @@ class Database:
 
     @contextmanager
     def session(self, write: bool = False) -> Iterator[Session]:
-        s = self._factory(bind=self.engine)
-        if write:
-            s.connection(execution_options={"telerad_write": True})
-        try:
-            yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
-            raise
-        finally:
-            s.close()
+        with self._writing(write):
+            s = self._factory(bind=self.engine)
+            if write:
+                s.connection(execution_options={"telerad_write": True})
+            try:
+                yield s
+                s.commit()
+            except BaseException:
+                s.rollback()
+                raise
+            finally:
+                s.close()
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
         """A write transaction on a bare connection, for Core statements where an ORM session's bookkeeping
         would cost more than the statements (ingest): committed when the block ends, rolled back if it raises.
         """
-        with self.engine.connect() as conn:
+        with self._writing(True), self.engine.connect() as conn:
             conn.execution_options(telerad_write=True)
             with conn.begin():
                 yield conn
+
+    def _writing(self, write: bool) -> AbstractContextManager[object]:
+        """This process's turn to write to SQLite (see ``_writer``); nothing to wait for on PostgreSQL."""
+        return self._writer if write and self._writer is not None else nullcontext()
 
     def analyze(self) -> None:
         """Refresh the query planner's statistics.
