@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import resource
 import sqlite3
 import statistics
 import subprocess
@@ -63,12 +64,30 @@ def client(srv: Server) -> httpx.Client:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far."""
+    """User + system CPU time so far of a process (all its threads) and of its running descendants (telerad's
+    DIMSE worker processes, with ``dimse_workers`` > 1)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except OSError:
         return float("nan")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total + sum(cpu_seconds(child) for child in _children(pid))
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += [int(k) for k in task.read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's children that ended and were waited for (the DCMTK clients)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 # ------------------------------------------------------------------------------------------------ DIMSE
@@ -139,6 +158,7 @@ class IngestResult:
     wall: float
     server_cpu: float
     errors: list[str]
+    client_cpu: float = float("nan")  # the storescu processes'
 
     @property
     def per_s(self) -> float:
@@ -150,13 +170,13 @@ class IngestResult:
 
 
 def ingest(srv: Server, data: DataSet, log_dir: Path | None = None) -> IngestResult:
-    cpu0 = cpu_seconds(srv.pid)
+    cpu0, clients0 = cpu_seconds(srv.pid), children_cpu_seconds()
     wall, errors = storescu(srv, data.groups, log_dir=log_dir)
-    cpu = cpu_seconds(srv.pid) - cpu0
+    cpu, clients = cpu_seconds(srv.pid) - cpu0, children_cpu_seconds() - clients0
     stored = count_study_instances(srv, data.studies)
     if stored != data.n_instances:
         errors.append(f"only {stored} of {data.n_instances} instances found by QIDO after C-STORE")
-    return IngestResult(data.n_instances, stored, data.n_bytes, wall, cpu, errors)
+    return IngestResult(data.n_instances, stored, data.n_bytes, wall, cpu, errors, clients)
 
 
 def findscu_once(srv: Server, patient_id: str, verbose: bool = False) -> tuple[float, str]:

@@ -91,6 +91,7 @@ def run_suite(srv: servers.Server, ct: gen.DataSet, ct_after: gen.DataSet, small
         res.put(name, "ingest_per_s", r.per_s)
         res.put(name, "ingest_mb_s", r.mb_s)
         res.put(name, "ingest_cpu_ms", r.server_cpu / r.instances * MS)
+        res.put(name, "ingest_client_cpu_ms", r.client_cpu / r.instances * MS)
         if r.errors:
             raise measure.BenchError("; ".join(r.errors))
 
@@ -222,6 +223,7 @@ ROWS: list[tuple[str, str, str, str, float | None]] = [
     ("ingest_per_s", "Ingest CT, 2 x storescu", "inst/s", "hi", 1.5),
     ("ingest_mb_s", "Ingest CT, 2 x storescu", "MB/s", "hi", 1.5),
     ("ingest_cpu_ms", "Ingest CT: server CPU per instance", "ms", "lo", None),
+    ("ingest_client_cpu_ms", "Ingest CT: the 2 storescu's CPU per instance", "ms", "lo", None),
     ("qido_p50", "QIDO-RS studies?PatientID=", "p50 ms", "lo", None),
     ("qido_p95", "QIDO-RS studies?PatientID=", "p95 ms", "lo", 1.0),
     ("metadata_p50", "Study /metadata", "p50 ms", "lo", 0.1),
@@ -314,6 +316,27 @@ def reference_table(res: Results, ref: Reference) -> str:
         lines.append(f"| WADO-RS study (curl) >= 1.5x Orthanc | >= {fmt(need)} MB/s | loopback ceiling "
                      f"{fmt(ref.study_ceiling_mb_s)} MB/s | {'yes' if ref.study_ceiling_mb_s >= need else 'no'} |")
     return "\n".join(lines)
+
+
+def ingest_budget(res: Results) -> str:
+    """What the ingest goal leaves each instance in CPU time: at 1.5x Orthanc's rate the machine's cores give
+    ``cpus / rate`` seconds per instance, to share between the senders (measured: the storescu processes) and
+    the server. A server needing more than the rest cannot reach the rate, however its work overlaps."""
+    rate, cpus = res.get("orthanc", "ingest_per_s"), os.cpu_count() or 1
+    clients = [v for v in (res.get(n, "ingest_client_cpu_ms") for n in ("orthanc", "telerad")) if v]
+    if not rate or not clients:
+        return ""
+    allowed = cpus / (1.5 * rate) * MS
+    left = allowed - max(clients)
+    rows = [f"Ingest CPU budget: at 1.5x Orthanc's rate ({fmt(1.5 * rate)} inst/s) the {cpus} cores give "
+            f"{fmt(allowed)} ms of CPU per instance; the senders used {fmt(max(clients))} ms, so a server may use "
+            f"at most {fmt(left)} ms with every core busy all the time.", "",
+            "| Server | CPU per instance | Within the budget |", "|---|---:|---|"]
+    for n in ("orthanc", "telerad"):
+        used = res.get(n, "ingest_cpu_ms")
+        if used:
+            rows.append(f"| {n} | {fmt(used)} ms | {'yes' if used <= left else 'no'} |")
+    return "\n".join(rows)
 
 
 def machine() -> dict[str, str]:
@@ -511,6 +534,9 @@ def main() -> int:
     body = table(res, sizes)
     if reference is not None:
         body += "\n\n" + reference_table(res, reference)
+    budget = ingest_budget(res)
+    if budget:
+        body += "\n\n" + budget
     notes = []
     for srv_name, errs in res.errors.items():
         for e in errs:
