@@ -301,3 +301,37 @@ def test_blob_direct_write_setting_stores_through_o_direct(settings, tmp_path):
         assert path.read_bytes()[128:] == raw[128:] and ctx.blobs.verify(inst.blob_key)
     finally:
         ctx.close()
+
+
+def test_the_common_path_on_the_driver_writes_what_the_general_path_writes(ctx, site, monkeypatch):
+    """The first instance of a series is indexed through SQLAlchemy (new patient, study, series); the next ones
+    through the driver's cursor (:func:`ingest._index_common`). Both rows hold the same things."""
+    from telerad.archive import ingest
+    from telerad.archive.parse import parse_object
+
+    taken: list[bool] = []
+    real = ingest._index_common
+
+    def spy(*args):
+        done = real(*args)
+        taken.append(done is not None)
+        return done
+
+    monkeypatch.setattr(ingest, "_index_common", spy)
+    raws = ct_series(PATIENT, generate_uid(), "A1", 3, 16)
+    assert [store(ctx, site.id, raw, "CT_NODE").outcome for raw in raws] == [Outcome.STORED] * 3
+    assert taken == [False, True, True]
+    with ctx.db.session() as s:
+        rows = s.execute(select(Instance).order_by(Instance.id)).scalars().all()
+        series = s.execute(select(Series)).scalar_one()
+        study = s.execute(select(Study)).scalar_one()
+    assert (series.num_instances, study.num_instances, study.num_series) == (3, 3, 1)
+    for raw, row in zip(raws, rows, strict=True):
+        obj = parse_object(raw, max_rows=1 << 16, max_columns=1 << 16, max_frames=1 << 16)
+        assert row.sop_uid == obj.sop_instance_uid and row.series_fk == series.id and row.site_id == site.id
+        assert json.loads(row.metadata_json) == json.loads(json.dumps(obj.metadata))
+        assert json.loads(row.frames_json) == [[list(f) for f in frame] for frame in obj.frames]
+        assert (row.instance_number, row.rows, row.columns, row.number_of_frames) == (
+            int(obj.dataset.InstanceNumber), 16, 16, 1)
+        assert (row.source_ae, row.size, row.transfer_syntax_uid) == ("CT_NODE", len(raw), obj.transfer_syntax_uid)
+        assert ctx.blobs.path(row.blob_key).read_bytes()[132:] == raw[132:] and row.received_at is not None

@@ -16,8 +16,9 @@ import json
 import logging
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, Insert, bindparam, insert, select, update
+from sqlalchemy import ClauseElement, Connection, Dialect, Insert, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from telerad.archive.errors import (
@@ -96,11 +97,16 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
             _discard(ctx, staging)
     key, size = placed
 
+    races: tuple[type[Exception], ...] = (IntegrityError, OperationalError, *ctx.db.dbapi_errors)
     for attempt in range(5):
         try:
+            with ctx.db.dbapi_write() as cur:
+                done = _index_common(cur, ctx.db.engine.dialect, site_id, obj, key, size, source)
+            if done is not None:
+                return done
             with ctx.db.write_connection() as conn:
                 return _index(conn, site_id, obj, key, size, source)
-        except (IntegrityError, OperationalError) as exc:
+        except races as exc:
             # A concurrent association created the same patient/study/series first: retry sees it.
             log.info("index race on %s (attempt %d): %s", obj.sop_instance_uid, attempt + 1, exc)
         except Exception as exc:
@@ -185,6 +191,73 @@ _BUMP_STUDY = (
 )
 
 
+class _Compiled:
+    """A Core statement compiled once per dialect for a DBAPI cursor: its SQL and its parameters' order
+    (positional paramstyles, as sqlite3's) or None (named ones, as psycopg's)."""
+
+    def __init__(self, stmt: ClauseElement, dialect: Dialect, keys: list[str] | None = None) -> None:
+        compiled = stmt.compile(dialect=dialect, column_keys=keys)
+        self.sql = compiled.string
+        order = getattr(compiled, "positiontup", None)  # SQLCompiler's: the bind names in positional order
+        self.order = tuple(order) if order else None
+        # Values the statement carries itself (the 1 of ``num_instances + 1``); bindparam() ones come per call.
+        binds = getattr(compiled, "binds", {})
+        self.fixed = {name: value for name, value in compiled.params.items()
+                      if value is not None and name in binds and not binds[name].required}
+
+    def params(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        if self.fixed:
+            values = {**self.fixed, **values}
+        return values if self.order is None else tuple(values[k] for k in self.order)
+
+
+_INSTANCE_COLUMNS = ["site_id", "series_fk", "sop_uid", "sop_class_uid", "instance_number", "transfer_syntax_uid",
+                     "rows", "columns", "number_of_frames", "blob_key", "size", "metadata_json", "frames_json",
+                     "source_ae"]
+_COMPILED: dict[str, tuple[_Compiled, _Compiled, _Compiled, _Compiled]] = {}
+
+
+def _compiled(dialect: Dialect) -> tuple[_Compiled, _Compiled, _Compiled, _Compiled]:
+    found = _COMPILED.get(dialect.name)
+    if found is None:
+        found = _COMPILED[dialect.name] = (
+            _Compiled(_SERIES_AND_EXISTING, dialect), _Compiled(_INSERT_INSTANCE, dialect, _INSTANCE_COLUMNS),
+            _Compiled(_BUMP_SERIES, dialect), _Compiled(_BUMP_STUDY, dialect))
+    return found
+
+
+def _index_common(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, key: str, size: int,
+                  source: str) -> StoreResult | None:
+    """The common case on the bare driver: another instance of a series already indexed, new UID. Its four
+    statements are those of :func:`_index`; None (nothing written) when the case is another one."""
+    series_and_existing, insert_instance, bump_series, bump_study = _compiled(dialect)
+    cur.execute(series_and_existing.sql, series_and_existing.params(
+        {"p_site_id": site_id, "p_sop_uid": obj.sop_instance_uid, "p_series_uid": obj.series_uid}))
+    row = cur.fetchone()
+    if row is None or row[3] is not None or row[2] != obj.study_uid:
+        return None  # a new series, a UID stored already, or a series of another study: the general path
+    series_id, study_id = row[0], row[1]
+    cur.execute(insert_instance.sql, insert_instance.params(_instance_values(site_id, series_id, obj, key, size,
+                                                                             source)))
+    cur.execute(bump_series.sql, bump_series.params({"p_series_id": series_id}))
+    cur.execute(bump_study.sql, bump_study.params({"p_study_id": study_id}))
+    return _result(obj, Outcome.STORED)
+
+
+def _instance_values(site_id: int, series_id: int, obj: ParsedObject, key: str, size: int,
+                     source: str) -> dict[str, Any]:
+    ds = obj.dataset
+    return {
+        "site_id": site_id, "series_fk": series_id, "sop_uid": obj.sop_instance_uid,
+        "sop_class_uid": obj.sop_class_uid, "instance_number": _n(ds, "InstanceNumber"),
+        "transfer_syntax_uid": obj.transfer_syntax_uid, "rows": _n(ds, "Rows"), "columns": _n(ds, "Columns"),
+        "number_of_frames": obj.number_of_frames, "blob_key": key, "size": size,
+        "metadata_json": json.dumps(obj.metadata, separators=(",", ":")),
+        "frames_json": json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
+        "source_ae": source[:64],
+    }
+
+
 def _index(conn: Connection, site_id: int, obj: ParsedObject, key: str, size: int, source: str) -> StoreResult:
     # Common case first: the series exists already (one indexed lookup gives series, study and duplicate).
     row = conn.execute(_SERIES_AND_EXISTING, {
@@ -212,15 +285,7 @@ def _index(conn: Connection, site_id: int, obj: ParsedObject, key: str, size: in
         if stored_study_uid != obj.study_uid:
             return _result(obj, Outcome.REJECTED, DATASET_MISMATCH,
                            f"series {obj.series_uid} already belongs to another study")
-    conn.execute(_INSERT_INSTANCE, {
-        "site_id": site_id, "series_fk": series_id, "sop_uid": obj.sop_instance_uid,
-        "sop_class_uid": obj.sop_class_uid, "instance_number": _n(ds, "InstanceNumber"),
-        "transfer_syntax_uid": obj.transfer_syntax_uid, "rows": _n(ds, "Rows"), "columns": _n(ds, "Columns"),
-        "number_of_frames": obj.number_of_frames, "blob_key": key, "size": size,
-        "metadata_json": json.dumps(obj.metadata, separators=(",", ":")),
-        "frames_json": json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
-        "source_ae": source[:64],
-    })
+    conn.execute(_INSERT_INSTANCE, _instance_values(site_id, series_id, obj, key, size, source))
     conn.execute(_BUMP_SERIES, {"p_series_id": series_id})
     if not new_series:
         conn.execute(_BUMP_STUDY, {"p_study_id": study_id})

@@ -111,6 +111,34 @@ class Database:
             with conn.begin():
                 yield conn
 
+    @contextmanager
+    def dbapi_write(self) -> Iterator[Any]:
+        """A write transaction as a bare DBAPI cursor (sqlite3 or psycopg), for the few statements of ingest's
+        common path: SQLAlchemy's execution machinery costs ~0.1 ms a statement, held under the GIL every
+        association shares, against ~0.02 ms for the driver. Committed when the block ends, rolled back if it
+        raises; driver exceptions (``dbapi_errors``) come through as they are."""
+        sqlite = self.engine.dialect.name == "sqlite"
+        with self._writing(True):
+            raw = self.engine.raw_connection()
+            try:
+                cur = raw.cursor()
+                if sqlite:  # autocommit mode on these connections (see make_engine): the transaction is ours
+                    cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield cur
+                except BaseException:
+                    raw.rollback()
+                    raise
+                raw.commit()
+            finally:
+                raw.close()  # back to the pool
+
+    @property
+    def dbapi_errors(self) -> tuple[type[Exception], ...]:
+        """The driver's IntegrityError and OperationalError (PEP 249), raised through :meth:`dbapi_write`."""
+        dbapi: Any = self.engine.dialect.dbapi
+        return (dbapi.IntegrityError, dbapi.OperationalError)
+
     def _writing(self, write: bool) -> AbstractContextManager[object]:
         """This process's turn to write to SQLite (see ``_writer``); nothing to wait for on PostgreSQL."""
         return self._writer if write and self._writer is not None else nullcontext()

@@ -65,9 +65,9 @@ class _Open:
     direct: bool
 
 
-# A new temporary file whose writes return once the data and what reads it back (its size) are on disk: a write
-# and an fdatasync in one call.
-_NEW_SYNCED = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DSYNC
+# A new temporary file whose writes return once they are on disk with the file's metadata, "as though each write
+# were followed by fsync" (open(2), O_SYNC): the write and the fsync in one call, so one release of the GIL.
+_NEW_SYNCED = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_SYNC
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -185,7 +185,7 @@ class FileSystemStore:
         or after ``sys.getswitchinterval()`` (5 ms), and the parse that follows never blocks. Measured during CT
         ingest, the write used to begin only once the parse was over, so the two added up. Here the caller
         hashes and opens the file itself, the staging thread signals just before its write, and that one call
-        (``O_DSYNC``: the copy and the sync together) runs without the GIL while the caller parses."""
+        (``O_SYNC``: the copy and the fsync together) runs without the GIL while the caller parses."""
         prepared = self._prepare(data)
         if isinstance(prepared, Staged):
             done: Future[Staged] = Future()
@@ -239,7 +239,7 @@ class FileSystemStore:
                     fd = os.open(f.tmp, _NEW_SYNCED, 0o600)
                     _write_all(fd, data)
             else:
-                _write_all(fd, data)  # O_DSYNC: returns once the bytes and the file's size are on disk
+                _write_all(fd, data)  # O_SYNC: returns once the bytes and the file's metadata are on disk
         except BaseException:
             self._abandon(_Open(f.key, f.size, f.tmp, fd, f.direct))
             raise
