@@ -246,11 +246,10 @@ def _index_common(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, k
 
 def _instance_values(site_id: int, series_id: int, obj: ParsedObject, key: str, size: int,
                      source: str) -> dict[str, Any]:
-    ds = obj.dataset
     return {
         "site_id": site_id, "series_fk": series_id, "sop_uid": obj.sop_instance_uid,
-        "sop_class_uid": obj.sop_class_uid, "instance_number": _n(ds, "InstanceNumber"),
-        "transfer_syntax_uid": obj.transfer_syntax_uid, "rows": _n(ds, "Rows"), "columns": _n(ds, "Columns"),
+        "sop_class_uid": obj.sop_class_uid, "instance_number": obj.instance_number,
+        "transfer_syntax_uid": obj.transfer_syntax_uid, "rows": obj.rows, "columns": obj.columns,
         "number_of_frames": obj.number_of_frames, "blob_key": key, "size": size,
         "metadata_json": json.dumps(obj.metadata, separators=(",", ":")),
         "frames_json": json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",

@@ -6,6 +6,7 @@ Pure functions, no I/O beyond the bytes given.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import struct
@@ -14,6 +15,7 @@ from io import BytesIO
 from typing import Any
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
@@ -59,6 +61,9 @@ class ParsedObject:
     metadata: dict[str, Any]
     frames: list[list[tuple[int, int]]] | None  # per frame, (offset, length) of each fragment in `data`
     number_of_frames: int
+    instance_number: int | None = None  # as indexed: None when absent or not an integer
+    rows: int | None = None
+    columns: int | None = None
 
 
 def normalise_part10(raw: bytes) -> bytes:
@@ -92,9 +97,13 @@ def normalise_part10(raw: bytes) -> bytes:
 
 def _uid(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
-    if value is None or str(value).strip("\0 ") == "":
+    return _checked_uid(keyword, "" if value is None else str(value))
+
+
+def _checked_uid(keyword: str, value: str) -> str:
+    uid = value.strip("\0 ")
+    if uid == "":
         raise RejectedObject(CANNOT_UNDERSTAND, f"missing {keyword}")
-    uid = str(value).strip("\0 ")
     if len(uid) > 64 or not _UID.match(uid):
         raise RejectedObject(CANNOT_UNDERSTAND, f"invalid {keyword}: {uid[:80]!r}")
     return uid
@@ -121,18 +130,22 @@ def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int
     ts = str(meta.get("TransferSyntaxUID", "")).strip("\0 ")
     if not ts:
         raise RejectedObject(CANNOT_UNDERSTAND, "file meta has no Transfer Syntax UID")
-    sop_class = _uid(ds, "SOPClassUID")
-    sop_uid = _uid(ds, "SOPInstanceUID")
-    study_uid = _uid(ds, "StudyInstanceUID")
-    series_uid = _uid(ds, "SeriesInstanceUID")
+    # The DICOM JSON first: the values below are read from it (:class:`_Values`), so pydicom converts none of
+    # these elements a second time, and elements left unconverted keep their cached JSON (:mod:`.dicom_json`).
+    metadata = _to_json(ds)
+    v = _Values(ds, metadata)
+    sop_class = v.uid("SOPClassUID")
+    sop_uid = v.uid("SOPInstanceUID")
+    study_uid = v.uid("StudyInstanceUID")
+    series_uid = v.uid("SeriesInstanceUID")
     ms_uid = str(meta.get("MediaStorageSOPInstanceUID", sop_uid)).strip("\0 ")
     if ms_uid and ms_uid != sop_uid:
         raise RejectedObject(DATASET_MISMATCH, "Media Storage SOP Instance UID differs from SOP Instance UID")
 
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    rows, cols = v.integer("Rows"), v.integer("Columns")
     if rows > max_rows or cols > max_columns:
         raise RejectedObject(OUT_OF_RESOURCES, f"image {rows}x{cols} exceeds the configured maximum")
-    nframes = _int(ds, "NumberOfFrames", 1)
+    nframes = v.integer("NumberOfFrames", 1)
     if nframes < 1:
         raise RejectedObject(CANNOT_UNDERSTAND, f"Number of Frames must be 1 or more, got {nframes}")
     if nframes > max_frames:
@@ -141,11 +154,11 @@ def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int
     frames: list[list[tuple[int, int]]] | None = None
     pixel_tag: int | None = None
     if ts != DeflatedExplicitVRLittleEndian and pixel_pos < len(data):
-        pixel_tag, frames = _index_pixel_data(data, pixel_pos, ds, ts, nframes)
+        pixel_tag, frames = _index_pixel_data(data, pixel_pos, ds, v, ts, nframes)
     elif ts == DeflatedExplicitVRLittleEndian:
         pixel_tag = _deflated_pixel_tag(data)
-
-    metadata = _to_json(ds, pixel_tag)
+    if pixel_tag is not None:
+        metadata[PIXEL_TAGS[pixel_tag]] = _pixel_json(ds, v, pixel_tag)
     return ParsedObject(
         data=data,
         sop_class_uid=sop_class,
@@ -157,6 +170,9 @@ def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int
         metadata=metadata,
         frames=frames,
         number_of_frames=nframes if pixel_tag is not None else 0,
+        instance_number=v.optional_integer("InstanceNumber"),
+        rows=v.optional_integer("Rows"),
+        columns=v.optional_integer("Columns"),
     )
 
 
@@ -169,7 +185,7 @@ def _deflated_pixel_tag(data: bytes) -> int | None:
 
 
 def _index_pixel_data(
-    data: bytes, pos: int, ds: Dataset, ts: str, nframes: int
+    data: bytes, pos: int, ds: Dataset, v: _Values, ts: str, nframes: int
 ) -> tuple[int | None, list[list[tuple[int, int]]] | None]:
     """Locate each frame's bytes (PS3.5 A.4 encapsulation; native frames are contiguous, PS3.5 8.1.1)."""
     little = ts != ExplicitVRBigEndian
@@ -189,18 +205,18 @@ def _index_pixel_data(
     if length != 0xFFFFFFFF:
         if value + length > len(data):
             raise RejectedObject(CANNOT_UNDERSTAND, "pixel data runs past the end of the object")
-        return tag, _native_frames(ds, value, length, nframes)
+        return tag, _native_frames(v, value, length, nframes)
     return tag, _encapsulated_frames(data, value, nframes, ts, ds)
 
 
-def _native_frames(ds: Dataset, value: int, length: int, nframes: int) -> list[list[tuple[int, int]]] | None:
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    spp = _int(ds, "SamplesPerPixel", 1)
-    bits = _int(ds, "BitsAllocated", 0)
+def _native_frames(v: _Values, value: int, length: int, nframes: int) -> list[list[tuple[int, int]]] | None:
+    rows, cols = v.integer("Rows"), v.integer("Columns")
+    spp = v.integer("SamplesPerPixel", 1)
+    bits = v.integer("BitsAllocated", 0)
     if not rows or not cols or not bits:
         raise RejectedObject(CANNOT_UNDERSTAND, "pixel data without Rows, Columns or Bits Allocated")
     pixels = rows * cols * spp
-    if "YBR_FULL_422" == str(ds.get("PhotometricInterpretation", "")):
+    if v.text("PhotometricInterpretation") == "YBR_FULL_422":
         pixels = rows * cols * 2  # PS3.3 C.7.6.3.1.2: two samples per pixel on average
     if bits == 1:
         if pixels % 8:  # frames are not byte aligned; serve them by decoding the whole value
@@ -307,24 +323,73 @@ def parse_bulk_path(text: str) -> list[tuple[int, int | None]]:
     return out
 
 
-def _to_json(ds: Dataset, pixel_tag: int | None) -> dict[str, Any]:
-    """DICOM JSON (PS3.18 F.2); values over 1 KiB and the pixel data as BulkDataURI.
-
-    BulkDataURIs carry a placeholder for the instance URL, filled in when served.
-    """
+def _to_json(ds: Dataset) -> dict[str, Any]:
+    """DICOM JSON (PS3.18 F.2) of the header; values over 1 KiB as BulkDataURI (the pixel data, not read here,
+    is added by :func:`_pixel_json`). BulkDataURIs carry a placeholder for the instance URL, filled in when
+    served."""
     try:
-        out = dicom_json.to_json_dict(ds, BULK_THRESHOLD, _BulkUris(ds))
+        return dicom_json.to_json_dict(ds, BULK_THRESHOLD, _BulkUris(ds))
     except Exception as exc:  # pragma: no cover - pydicom raises for unencodable values
         raise RejectedObject(CANNOT_UNDERSTAND, f"cannot represent the object as DICOM JSON: {exc}") from exc
-    if pixel_tag is not None:
-        encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
-        vr = "OB" if encapsulated or _int(ds, "BitsAllocated", 16) <= 8 else "OW"  # PS3.5 A.4: encapsulated is OB
-        if pixel_tag == 0x7FE00008:
-            vr = "OF"
-        elif pixel_tag == 0x7FE00009:
-            vr = "OD"
-        out[PIXEL_TAGS[pixel_tag]] = {"vr": vr, "BulkDataURI": f"{BASE_PLACEHOLDER}/bulk/{pixel_tag:08X}"}
-    return out
+
+
+def _pixel_json(ds: Dataset, v: _Values, pixel_tag: int) -> dict[str, str]:
+    encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
+    vr = "OB" if encapsulated or v.integer("BitsAllocated", 16) <= 8 else "OW"  # PS3.5 A.4: encapsulated is OB
+    if pixel_tag == 0x7FE00008:
+        vr = "OF"
+    elif pixel_tag == 0x7FE00009:
+        vr = "OD"
+    return {"vr": vr, "BulkDataURI": f"{BASE_PLACEHOLDER}/bulk/{pixel_tag:08X}"}
+
+
+class _Values:
+    """Single values of top-level elements, read from the object's DICOM JSON.
+
+    Why: reading ``ds.Rows`` makes pydicom convert the element (~15 us each, a dozen per object under the GIL)
+    and the converted element misses the JSON cache afterwards. The JSON holds the same values, converted by
+    pydicom once (or looked up). An element absent from the JSON, or not one single value there, is read from
+    the dataset as before, so a malformed value gets the same default or the same refusal as before.
+    """
+
+    def __init__(self, ds: Dataset, metadata: dict[str, Any]) -> None:
+        self.ds = ds
+        self.metadata = metadata
+
+    def _one(self, keyword: str) -> Any:
+        element = self.metadata.get(_tag_hex(keyword))
+        values = element.get("Value") if element is not None else None
+        return values[0] if values is not None and len(values) == 1 else None
+
+    def uid(self, keyword: str) -> str:
+        value = self._one(keyword)
+        return _uid(self.ds, keyword) if not isinstance(value, str) else _checked_uid(keyword, value)
+
+    def integer(self, keyword: str, default: int = 0) -> int:
+        value = self._one(keyword)
+        return value if type(value) is int else _int(self.ds, keyword, default)
+
+    def optional_integer(self, keyword: str) -> int | None:
+        """The value as an int, None when absent, empty or not an integer (what the index stores)."""
+        value = self._one(keyword)
+        if type(value) is int:
+            return value
+        try:
+            raw = self.ds.get(keyword)
+            return int(raw) if raw not in (None, "") else None
+        except (TypeError, ValueError):
+            return None
+
+    def text(self, keyword: str) -> str:
+        value = self._one(keyword)
+        return value if isinstance(value, str) else str(self.ds.get(keyword, ""))
+
+
+@functools.lru_cache(maxsize=256)
+def _tag_hex(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return f"{tag:08X}"
 
 
 def level_json(metadata: dict[str, Any], tags: set[str]) -> str:
