@@ -143,3 +143,22 @@ def test_writers_of_one_process_take_turns_without_sqlite_busy_waits(ctx):
     assert not a.is_alive() and not b.is_alive()
     expected = ["first commits", "second writes"] if sqlite else ["second writes", "first commits"]
     assert order == expected
+
+
+def test_a_dbapi_write_commits_at_the_end_and_rolls_back_on_error(ctx, site):
+    """Database.dbapi_write (ingest's common path): one transaction on the driver's cursor, under the same
+    writer lock as the other write transactions."""
+    import pytest
+
+    mark = "?" if ctx.db.engine.dialect.name == "sqlite" else "%s"
+    update = f"UPDATE sites SET name = {mark} WHERE id = {mark}"
+    with pytest.raises(RuntimeError), ctx.db.dbapi_write() as cur:
+        cur.execute(update, ("Renamed", site.id))
+        raise RuntimeError("after the update")
+    with ctx.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM sites WHERE id = :i"), {"i": site.id}).scalar() == site.name
+    with ctx.db.dbapi_write() as cur:
+        cur.execute(update, ("Renamed", site.id))
+    with ctx.db.engine.connect() as conn:
+        assert conn.execute(text("SELECT name FROM sites WHERE id = :i"), {"i": site.id}).scalar() == "Renamed"
+    assert ctx.db.engine.pool.checkedout() == 0

@@ -129,6 +129,8 @@ class Database:
                 except BaseException:
                     raw.rollback()
                     raise
+                finally:
+                    cur.close()
                 raw.commit()
             finally:
                 raw.close()  # back to the pool
