@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen  # noqa: E402
-import measure  # noqa: E402
+import rounds  # noqa: E402
 import servers  # noqa: E402
 
 
@@ -53,40 +52,15 @@ def main() -> int:
     for tool in ("storescu", "Orthanc"):
         servers.which(tool)
     variants = _variants(args.variant)
-    names = ["orthanc", *(f"telerad:{v}" for v in variants)]
     tmp = Path(tempfile.mkdtemp(prefix="telerad-ingest-ab-"))
     try:
         ct = gen.make_ct(tmp / "data", args.studies, args.instances // args.studies)
-        rates: dict[str, list[float]] = {n: [] for n in names}
-        cpus: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
-            for name in order:
-                workdir = tmp / f"{r}-{name.replace(':', '-')}"
-                if name == "orthanc":
-                    srv = servers.start_orthanc(workdir)
-                else:
-                    servers.TELERAD_SETTINGS.clear()
-                    servers.TELERAD_SETTINGS.update(variants[name.split(":", 1)[1]])
-                    srv = servers.start_telerad(workdir)
-                try:
-                    res = measure.ingest(srv, ct, log_dir=workdir)
-                finally:
-                    srv.stop()
-                if res.errors:
-                    raise SystemExit(f"round {r + 1}, {name}: {res.errors}")
-                rates[name].append(res.per_s)
-                cpus[name].append(res.server_cpu / res.instances * 1000)
-                print(f"round {r + 1} {name:>20}: {res.per_s:6.0f} inst/s, server CPU "
-                      f"{cpus[name][-1]:.2f} ms/instance", flush=True)
-        print("\n| server | inst/s per round | median | median ratio to Orthanc (per-round ratios) | "
-              "server CPU ms/instance, median |")
-        print("|---|---|---:|---|---:|")
-        for name in names:
-            ratios = [t / o for t, o in zip(rates[name], rates["orthanc"], strict=True)]
-            print(f"| {name} | {', '.join(f'{x:.0f}' for x in rates[name])} | {statistics.median(rates[name]):.0f} "
-                  f"| {statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)}) "
-                  f"| {statistics.median(cpus[name]):.2f} |")
+        telerad = {f"telerad:{name}": settings for name, settings in variants.items()}
+        try:
+            result = rounds.alternate(ct, args.rounds, telerad, tmp)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+        print("\n" + result.table())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

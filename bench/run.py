@@ -13,6 +13,7 @@ import math
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen  # noqa: E402
 import measure  # noqa: E402
+import rounds  # noqa: E402
 import servers  # noqa: E402
 from profile_top import report as profile_report  # noqa: E402
 from reference import Reference, measure_reference  # noqa: E402
@@ -220,8 +222,9 @@ def profile_telerad(srv: servers.Server, data: gen.DataSet, seconds: int, out: P
 # ---------------------------------------------------------------------------------------------- report
 ROWS: list[tuple[str, str, str, str, float | None]] = [
     # key, label, unit, better ("hi"/"lo"), goal ratio telerad/Orthanc
-    ("ingest_per_s", "Ingest CT, 2 x storescu", "inst/s", "hi", 1.5),
-    ("ingest_mb_s", "Ingest CT, 2 x storescu", "MB/s", "hi", 1.5),
+    ("ingest_per_s_rounds", "Ingest CT, 2 x storescu, median of the alternating rounds", "inst/s", "hi", 1.5),
+    ("ingest_per_s", "Ingest CT, 2 x storescu (the suite's own round)", "inst/s", "hi", 1.5),
+    ("ingest_mb_s", "Ingest CT, 2 x storescu (the suite's own round)", "MB/s", "hi", 1.5),
     ("ingest_cpu_ms", "Ingest CT: server CPU per instance", "ms", "lo", None),
     ("ingest_client_cpu_ms", "Ingest CT: the 2 storescu's CPU per instance", "ms", "lo", None),
     ("qido_p50", "QIDO-RS studies?PatientID=", "p50 ms", "lo", None),
@@ -270,7 +273,7 @@ def table(res: Results, sizes: dict[str, Any]) -> str:
         a, b = res.get(o, key), res.get(t, key)
         if a is None and b is None and key not in res.values.get(o, {}) and key not in res.values.get(t, {}):
             continue
-        ratio = b / a if a and b is not None else None
+        ratio = res.get(t, key + ":ratio") or (b / a if a and b is not None else None)  # a median of ratios
         lines.append(f"| {label} | {unit} | {fmt(a, o in res.info)} | {fmt(b, t in res.info)} | "
                      f"{fmt(ratio) + 'x' if ratio else '-'} | "
                      f"{verdict(ratio, better, goal)} |")
@@ -389,6 +392,8 @@ def main() -> int:
     ap.add_argument("--after-instances", type=int, default=500, help="CT instances ingested at scale")
     ap.add_argument("--qido-requests", type=int, default=200)
     ap.add_argument("--metadata-requests", type=int, default=20)
+    ap.add_argument("--ingest-rounds", type=int, default=3,
+                    help="after the suite, CT ingest into fresh servers in this many alternating rounds (0: none)")
     ap.add_argument("--wado-runs", type=int, default=3)
     ap.add_argument("--cfind-runs", type=int, default=50)
     ap.add_argument("--cget-runs", type=int, default=3)
@@ -497,6 +502,20 @@ def main() -> int:
             })
             log(f"{name} done in {time.monotonic() - t0:.0f} s")
 
+    # ---- CT ingest again, into fresh servers in alternating rounds: one round per server says little on a host
+    # whose speed drifts over minutes; the median of per-round ratios is the figure the goal is judged on
+    ingest_rounds = None
+    if args.ingest_rounds > 0 and {"orthanc", "telerad"} <= set(which):
+        log(f"CT ingest in {args.ingest_rounds} alternating rounds, fresh servers ...")
+        try:
+            ingest_rounds = rounds.alternate(ct, args.ingest_rounds, {"telerad": dict(servers.TELERAD_SETTINGS)},
+                                             tmp / "rounds", log)
+            for n in ("orthanc", "telerad"):
+                res.put(n, "ingest_per_s_rounds", statistics.median(ingest_rounds.rates(n)))
+            res.put("telerad", "ingest_per_s_rounds:ratio", ingest_rounds.median_ratio("telerad"))
+        except Exception as exc:  # noqa: BLE001
+            res.fail("rounds", "ingest rounds", exc)
+
     # ---- the same clients against a server that does nothing but send bytes from memory
     reference = None
     try:
@@ -534,6 +553,9 @@ def main() -> int:
     body = table(res, sizes)
     if reference is not None:
         body += "\n\n" + reference_table(res, reference)
+    if ingest_rounds is not None:
+        body += (f"\n\nCT ingest in {args.ingest_rounds} alternating rounds (fresh servers, order rotating):\n\n"
+                 + ingest_rounds.table())
     budget = ingest_budget(res)
     if budget:
         body += "\n\n" + budget
