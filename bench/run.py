@@ -135,10 +135,14 @@ def run_suite(srv: servers.Server, ct: gen.DataSet, ct_after: gen.DataSet, small
         res.put(name, "cfind_p50", lat.p50 * MS)
 
     def cget() -> None:
+        cpu0 = measure.cpu_seconds(srv.pid)
         t = measure.cget(srv, study, args.cget_runs, tmp)
-        log(f"  {name} C-GET study: {t.files} files, {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = {t.mb_s:.0f} MB/s")
+        cpu_ms = (measure.cpu_seconds(srv.pid) - cpu0) / (args.cget_runs * max(t.files, 1)) * MS
+        log(f"  {name} C-GET study: {t.files} files, {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = {t.mb_s:.0f} MB/s "
+            f"(server CPU {cpu_ms:.2f} ms/instance)")
         res.put(name, "cget_s", t.wall)
         res.put(name, "cget_mb_s", t.mb_s)
+        res.put(name, "cget_cpu_ms", cpu_ms)
 
     def scale_sample() -> None:
         n0 = measure.total_instances(srv)
@@ -238,6 +242,7 @@ ROWS: list[tuple[str, str, str, str, float | None]] = [
     ("cfind_p50", "C-FIND study by PatientID (findscu process)", "p50 ms", "lo", None),
     ("cget_mb_s", "C-GET whole study (getscu process)", "MB/s", "hi", 1.0),
     ("cget_s", "C-GET whole study (getscu process)", "s", "lo", None),
+    ("cget_cpu_ms", "C-GET: server CPU per instance sent", "ms", "lo", None),
     ("small_per_s", "Ingest small (16x16) instances, 2 x storescu", "inst/s", "hi", None),
     ("small_cpu_ms", "Ingest small: server CPU per instance", "ms", "lo", None),
     ("bulk_per_s", "Bulk load for the scale test (see method)", "inst/s", "hi", None),
