@@ -250,6 +250,8 @@ ROWS: list[tuple[str, str, str, str, float | None]] = [
     ("qido_p95_scale", "QIDO-RS at scale", "p95 ms", "lo", 1.0),
     ("ingest_per_s_scale", "Ingest CT at scale, 2 x storescu", "inst/s", "hi", 1.5),
 ]
+# The suite's own ingest round, judged against the goal only when the alternating rounds did not run.
+JUDGED_BY_ROUNDS = frozenset({"ingest_per_s", "ingest_mb_s"})
 
 
 def fmt(v: float | None, ran: bool = True) -> str:
@@ -279,6 +281,8 @@ def table(res: Results, sizes: dict[str, Any]) -> str:
         if a is None and b is None and key not in res.values.get(o, {}) and key not in res.values.get(t, {}):
             continue
         ratio = res.get(t, key + ":ratio") or (b / a if a and b is not None else None)  # a median of ratios
+        if key in JUDGED_BY_ROUNDS and res.get(t, "ingest_per_s_rounds") is not None:
+            goal = None  # one round: the goal is judged on the rounds' median (the row above)
         lines.append(f"| {label} | {unit} | {fmt(a, o in res.info)} | {fmt(b, t in res.info)} | "
                      f"{fmt(ratio) + 'x' if ratio else '-'} | "
                      f"{verdict(ratio, better, goal)} |")
