@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -36,3 +38,23 @@ def uvicorn_thread(app: Any, port: int | None = None, **config: Any) -> Iterator
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def resident_pages(path: Path | str) -> int:
+    """Pages of ``path`` in the page cache, by util-linux ``fincore``."""
+    out = subprocess.run(["fincore", "--raw", "--noheadings", "--output", "PAGES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def wait_until_resident(paths: list[Path], timeout: float = 10.0) -> bool:
+    """Wait for every whole page of each of ``paths`` to be in the page cache (background reads complete on the
+    disk's time; ``POSIX_FADV_WILLNEED`` leaves out a last partial page); False if that did not happen within
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if all(resident_pages(p) >= p.stat().st_size // 4096 for p in paths):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)

@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     # fill (virtual machines), but a new object's first read then comes from the disk. Falls back to buffered
     # writes on a file system that refuses O_DIRECT.
     blob_direct_write: bool = False
+    # When a viewer first reads an instance of a series, read the rest of the series into the page cache in the
+    # background, up to this many MiB (storage/readahead.py); 0: off. It matters most with blob_direct_write,
+    # whose new blobs are not in the page cache.
+    readahead_series_mb: int = Field(1024, ge=0)
     max_rows: int = 65535
     max_columns: int = 65535
     max_frames: int = 100_000

@@ -9,6 +9,7 @@ from telerad.db.migrate import upgrade
 from telerad.db.session import Database
 from telerad.security.audit import AuditLog, load_key
 from telerad.storage.filesystem import FileSystemStore
+from telerad.storage.readahead import Readahead
 
 
 @dataclass
@@ -17,6 +18,7 @@ class Context:
     db: Database
     blobs: FileSystemStore
     audit: AuditLog
+    readahead: Readahead
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True) -> Context:
@@ -26,9 +28,11 @@ class Context:
             upgrade(db.engine)
         audit = AuditLog(db, load_key(settings.audit_key_path, db))
         blobs = FileSystemStore(settings.blob_dir, direct_write=settings.blob_direct_write)
-        return cls(settings=settings, db=db, blobs=blobs, audit=audit)
+        readahead = Readahead(blobs, settings.readahead_series_mb << 20)
+        return cls(settings=settings, db=db, blobs=blobs, audit=audit, readahead=readahead)
 
     def close(self) -> None:
+        self.readahead.close()
         self.audit.close()
         self.blobs.close()
         self.db.dispose()

@@ -4,15 +4,18 @@ the frame index or by parsing, bulk data, chunked file reads."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from dicomweb_support import mr_like, put, read, sample_file
 from pydicom.encaps import generate_frames
 from pydicom.uid import generate_uid
+from support import resident_pages, wait_until_resident
 
 from telerad.archive import retrieve
 from telerad.archive.demo import ct_series
 from telerad.archive.retrieve import FrameError, NotFound
+from telerad.context import Context
 
 ROOT = "https://pacs.example/dicom-web"
 
@@ -192,3 +195,43 @@ def test_nested_bulk_data_has_its_own_path(ctx, site):
     for bad in ["7FE0001", "00880200.0", "00880200.x.7FE00010", "00880200.-1.7FE00010"]:
         with pytest.raises(ValueError):
             parse_bulk_path(bad)
+
+
+@pytest.fixture
+def direct_ctx(settings):
+    """A context whose new blobs bypass the page cache (blob_direct_write), as read-ahead is there for."""
+    c = Context.open(settings.model_copy(update={"blob_direct_write": True}))
+    yield c
+    c.close()
+
+
+def _blob_path(ctx, site_id, s):
+    """The stored file of one instance (a lookup of one instance reads nothing ahead)."""
+    [inst] = retrieve.find_instances(ctx, site_id, s.study, s.series, s.sop)
+    return ctx.blobs.path(inst.blob_key)
+
+
+def test_opening_one_instance_reads_the_rest_of_its_series_ahead(direct_ctx, site, other_site):
+    c = direct_ctx
+    study = generate_uid()
+    first = [put(c, site.id, b) for b in ct_series(("Ra^Pat", "RA1", "", ""), study, "A", slices=4, size=64)]
+    second = [put(c, site.id, b) for b in ct_series(("Ra^Pat", "RA1", "", ""), study, "B", slices=2, size=64)]
+    paths = {s.sop: _blob_path(c, site.id, s) for s in first + second}
+    assert all(resident_pages(p) == 0 for p in paths.values())
+    with pytest.raises(NotFound):  # another site's request for the instance finds nothing and reads nothing
+        retrieve.get_instance(c, other_site.id, first[2].study, first[2].series, first[2].sop)
+    time.sleep(0.2)
+    assert all(resident_pages(p) == 0 for p in paths.values())
+
+    retrieve.get_instance(c, site.id, first[2].study, first[2].series, first[2].sop)
+    assert wait_until_resident([paths[s.sop] for s in first])
+    assert all(resident_pages(paths[s.sop]) == 0 for s in second)  # the study's other series is left alone
+
+
+def test_a_whole_study_retrieve_reads_its_files_ahead(direct_ctx, site):
+    c = direct_ctx
+    study = generate_uid()
+    stored = [put(c, site.id, b) for b in ct_series(("Ra^Pat", "RA2", "", ""), study, "A", slices=3, size=64)]
+    found = retrieve.find_instances(c, site.id, study)
+    assert [i.sop_uid for i in found] == [s.sop for s in stored]
+    assert wait_until_resident([c.blobs.path(i.blob_key) for i in found])

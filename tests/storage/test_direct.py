@@ -8,22 +8,15 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
+from support import resident_pages
 
 from telerad.storage import direct
 from telerad.storage.filesystem import FileSystemStore
 
 SIZES = [0, 1, direct.ALIGN - 1, direct.ALIGN, direct.ALIGN + 1, 512 * 512 * 2 + 1234,
          direct.BUFFER_BYTES + direct.ALIGN + 7]
-
-
-def _resident_pages(path: Path) -> int:
-    """Pages of ``path`` in the page cache, by util-linux ``fincore``."""
-    out = subprocess.run(["fincore", "--raw", "--noheadings", "--output", "PAGES", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.split()[0])
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -42,8 +35,8 @@ def test_direct_write_bypasses_the_page_cache_and_buffered_does_not(tmp_path):
     data = os.urandom(1 << 20)
     direct_key, _ = FileSystemStore(tmp_path / "d", direct_write=True).put(data)
     buffered_key, _ = FileSystemStore(tmp_path / "b").put(data)
-    assert _resident_pages(tmp_path / "d" / direct_key[:2] / direct_key) == 0
-    assert _resident_pages(tmp_path / "b" / buffered_key[:2] / buffered_key) == len(data) // 4096
+    assert resident_pages(tmp_path / "d" / direct_key[:2] / direct_key) == 0
+    assert resident_pages(tmp_path / "b" / buffered_key[:2] / buffered_key) == len(data) // 4096
 
 
 def test_concurrent_direct_writes_do_not_mix_buffers(tmp_path):

@@ -109,7 +109,9 @@ def find_instances(ctx: Context, site_id: int, study: str, series: str | None = 
         rows = s.execute(q).all()
     if not rows:
         raise NotFound(_what(study, series, sop))
-    return [StoredInstance(*row) for row in rows]
+    found = [StoredInstance(*row) for row in rows]
+    read_ahead(ctx, site_id, [i.blob_key for i in found])
+    return found
 
 
 def get_instance(ctx: Context, site_id: int, study: str, series: str, sop: str) -> StoredInstance:
@@ -119,7 +121,22 @@ def get_instance(ctx: Context, site_id: int, study: str, series: str, sop: str) 
         row = conn.execute(_ONE_INSTANCE, {"site": site_id, "study": study, "series": series, "sop": sop}).first()
     if row is None:
         raise NotFound(_what(study, series, sop))
+    ctx.readahead.request((site_id, study, series), lambda: series_blobs(ctx, site_id, study, series))
     return StoredInstance(*row)
+
+
+def series_blobs(ctx: Context, site_id: int, study: str, series: str) -> list[str]:
+    """The blob key of each instance of a series, in the order a viewer shows them: what the read-ahead
+    (:mod:`telerad.storage.readahead`) reads once a viewer opened one of them."""
+    q = _scoped(select(Instance.blob_key), site_id, study, series, None)
+    with ctx.db.session() as s:
+        return list(s.scalars(q))
+
+
+def read_ahead(ctx: Context, site_id: int, keys: list[str]) -> None:
+    """Start reading the blobs of a retrieve of several instances into the page cache, in the order given."""
+    if len(keys) > 1:
+        ctx.readahead.request((site_id, len(keys), keys[0], keys[-1]), lambda: keys)
 
 
 # The same scoping as _scoped, built once (SQLAlchemy then reuses its compiled form from the cache).

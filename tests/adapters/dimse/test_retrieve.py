@@ -11,13 +11,17 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
 from adapters.dimse.dimse_support import GH_AE, RC_AE, Dcmtk, StoreSCP, dataset_bytes, sample
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from support import wait_until_resident
 
+from telerad.adapters.dimse.retrieve import matching_instances
 from telerad.archive import registry
 from telerad.archive.demo import cr_image, ct_series
 from telerad.archive.ingest import store
@@ -207,3 +211,23 @@ def test_other_sites_node_moves_nothing(ctx: Context, dcmtk: Dcmtk, gh_study: St
     assert r.rc == 0, r.out
     assert completed(r.out) == 0
     assert scp.files() == []
+
+
+def test_a_retrieve_reads_its_files_ahead(settings, tmp_path):
+    """C-GET / C-MOVE send the selected files one after the other; with new blobs outside the page cache
+    (blob_direct_write) the selection is read ahead as soon as it is known."""
+    c = Context.open(settings.model_copy(update={"blob_direct_write": True}))
+    try:
+        gh = registry.add_site(c, "GH", "General Hospital")
+        uid = generate_uid()
+        for data in ct_series(PATIENT, uid, "R1", 3, size=64):
+            assert store(c, gh.id, data, "fixture").ok
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.StudyInstanceUID = uid
+        rt = SimpleNamespace(ctx=c)  # the selection needs only the context of a Runtime
+        found = matching_instances(rt, gh.id, identifier, "STUDY")  # type: ignore[arg-type]
+        assert len(found) == 3
+        assert wait_until_resident([c.blobs.path(i.blob_key) for i in found])
+    finally:
+        c.close()

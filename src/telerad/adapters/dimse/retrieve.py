@@ -52,6 +52,7 @@ from telerad.adapters.dimse.find import (
 from telerad.adapters.dimse.rawsend import StoredFile, sent_status
 from telerad.archive import registry
 from telerad.archive.query import find_stored
+from telerad.archive.retrieve import read_ahead
 from telerad.security.audit import MINOR_FAILURE, SUCCESS, Action, Event
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ def retrieve_keys(identifier: Dataset, model: str) -> dict[str, str]:
 
 def matching_instances(rt: Runtime, site_id: int, identifier: Dataset, model: str) -> list[StoredInstance]:
     """Stored instances of ``site_id`` selected by a retrieve Identifier, in archive order."""
-    return [StoredInstance(*row) for row in find_stored(rt.ctx, site_id, retrieve_keys(identifier, model))]
+    found = [StoredInstance(*row) for row in find_stored(rt.ctx, site_id, retrieve_keys(identifier, model))]
+    read_ahead(rt.ctx, site_id, [i.blob_key for i in found])
+    return found
 
 
 def storage_contexts(instances: list[StoredInstance]) -> list[PresentationContext]:
