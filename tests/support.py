@@ -48,12 +48,11 @@ def resident_pages(path: Path | str) -> int:
 
 
 def wait_until_resident(paths: list[Path], timeout: float = 10.0) -> bool:
-    """Wait for every whole page of each of ``paths`` to be in the page cache (background reads complete on the
-    disk's time; ``POSIX_FADV_WILLNEED`` leaves out a last partial page); False if that did not happen within
-    ``timeout`` seconds."""
+    """Wait for every page of each of ``paths`` to be in the page cache (background reads complete on the
+    disk's time); False if that did not happen within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        if all(resident_pages(p) >= p.stat().st_size // 4096 for p in paths):
+        if all(resident_pages(p) == -(-p.stat().st_size // 4096) for p in paths):
             return True
         if time.monotonic() > deadline:
             return False

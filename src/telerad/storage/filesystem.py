@@ -331,6 +331,21 @@ class FileSystemStore:
         finally:
             os.close(fd)
 
+    def read_last_page(self, key: str, size: int) -> None:
+        """Read the page holding the blob's last byte into the page cache. ``POSIX_FADV_WILLNEED`` leaves out a
+        last partial page (measured on Linux 6.18: a 525,000-byte file gets 128 of its 129 pages), and a
+        frame that ends the file then waits on the disk for it."""
+        if size <= 0:
+            return
+        try:
+            fd = os.open(self._file(key), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            os.pread(fd, 1, size - 1)
+        finally:
+            os.close(fd)
+
     def iter_chunks(self, key: str, chunk: int = CHUNK) -> Iterator[bytes]:
         with open(self._file(key), "rb") as f:
             while True:

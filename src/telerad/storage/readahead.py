@@ -18,6 +18,7 @@ drops rather than delays the request that asked; the work never raises into a re
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import queue
 import threading
@@ -28,11 +29,14 @@ from typing import Protocol
 
 log = logging.getLogger(__name__)
 
+PAGE = mmap.PAGESIZE
 Keys = Callable[[], Iterable[str]]  # the blobs to read, in the order they will be read
 
 
 class _Store(Protocol):
     def will_need(self, key: str) -> int: ...
+
+    def read_last_page(self, key: str, size: int) -> None: ...
 
 
 class Readahead:
@@ -98,10 +102,16 @@ class Readahead:
 
     def _read(self, keys: Keys) -> None:
         budget = self.max_bytes
-        for key in keys():
-            budget -= self.store.will_need(key)
+        queued: list[tuple[str, int]] = []
+        for key in keys():  # the kernel's reads of every file are queued first ...
+            size = self.store.will_need(key)
+            queued.append((key, size))
+            budget -= size
             if budget <= 0:
-                return
+                break
+        for key, size in queued:  # ... then the last partial pages, which those reads leave out, one by one
+            if size % PAGE:
+                self.store.read_last_page(key, size)
 
     def close(self) -> None:
         with self._lock:
