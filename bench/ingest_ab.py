@@ -5,7 +5,7 @@ runs minutes apart, so one ratio says little. This runs the ingest step of the s
 CT files into a fresh server) for every server in turn, ``--rounds`` times, rotating the order each round, and
 prints each round's rates and ratios and their medians:
 
-    .venv/bin/python bench/ingest_ab.py --rounds 4 --variant direct:blob_direct_write=true
+    .venv/bin/python bench/ingest_ab.py --rounds 4 --variant buffered:blob_direct_write=false
 
 Each variant is ``NAME:SETTING=VALUE[,SETTING=VALUE...]`` for a telerad run with those settings (``default`` is
 always included). Not part of CI.

@@ -419,7 +419,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (data, server storage, logs)")
     ap.add_argument("--out", type=Path, default=BENCH_DIR / "out")
     ap.add_argument("--telerad-setting", action="append", default=[], metavar="NAME=VALUE",
-                    help="a telerad setting for this run (e.g. blob_direct_write=true; repeatable); the report "
+                    help="a telerad setting for this run (e.g. blob_direct_write=false; repeatable); the report "
                          "lists them. Default: telerad's defaults")
     args = ap.parse_args()
 

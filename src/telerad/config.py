@@ -66,13 +66,14 @@ class Settings(BaseSettings):
 
     # Ingest caps (issue: an oversized or undecodable object is rejected with a clear reason)
     max_object_bytes: int = 4 * 1024**3
-    # Write new blobs with O_DIRECT (storage/direct.py): cheaper to store where page-cache memory is costly to
-    # fill (virtual machines), but a new object's first read then comes from the disk. Falls back to buffered
-    # writes on a file system that refuses O_DIRECT.
-    blob_direct_write: bool = False
+    # Write new blobs with O_DIRECT (storage/direct.py): no copy into page-cache memory, which is costly to fill on
+    # virtual machines (~20 % less server CPU per CT object, docs/benchmarks.md); the first read of a new series
+    # is then read ahead from the disk (readahead_series_mb). Falls back to buffered writes on a file system that
+    # refuses O_DIRECT (tmpfs).
+    blob_direct_write: bool = True
     # When a viewer first reads an instance of a series, read the rest of the series into the page cache in the
-    # background, up to this many MiB (storage/readahead.py); 0: off. It matters most with blob_direct_write,
-    # whose new blobs are not in the page cache.
+    # background, up to this many MiB (storage/readahead.py); 0: off. Retrieves of several instances (WADO-RS,
+    # C-GET, C-MOVE) read their selection ahead the same way.
     readahead_series_mb: int = Field(1024, ge=0)
     max_rows: int = 65535
     max_columns: int = 65535

@@ -158,18 +158,25 @@ def test_an_interrupted_store_leaves_no_staged_file(ctx, site, monkeypatch):
     assert list((ctx.blobs.root / "tmp").iterdir()) == [] and _stored_files(ctx) == []
 
 
-def test_a_failed_blob_write_is_a_storage_failure_and_indexes_nothing(ctx, site, monkeypatch):
-    from telerad.storage import filesystem
+@pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "buffered"])
+def test_a_failed_blob_write_is_a_storage_failure_and_indexes_nothing(ctx, site, monkeypatch, direct_write):
+    from telerad.storage import direct, filesystem
 
     def full(fd: int, data: bytes):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(filesystem, "_write_all", full)
-    r = store(ctx, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
-    assert r.outcome is Outcome.REJECTED and r.status == OUT_OF_RESOURCES
-    assert r.reason == "storage failure: No space left on device"
-    assert count(ctx, Instance) == 0
-    assert list((ctx.blobs.root / "tmp").iterdir()) == [] and _stored_files(ctx) == []
+    monkeypatch.setattr(direct, "write_all", full)
+    c = Context.open(ctx.settings.model_copy(update={"blob_direct_write": direct_write}))
+    try:
+        assert c.blobs.direct_write is direct_write
+        r = store(c, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
+        assert r.outcome is Outcome.REJECTED and r.status == OUT_OF_RESOURCES
+        assert r.reason == "storage failure: No space left on device"
+        assert count(c, Instance) == 0
+        assert list((c.blobs.root / "tmp").iterdir()) == [] and _stored_files(c) == []
+    finally:
+        c.close()
 
 
 def test_caps(tmp_path, site, ctx):
