@@ -31,6 +31,7 @@ import gen  # noqa: E402
 import measure  # noqa: E402
 import rounds  # noqa: E402
 import servers  # noqa: E402
+from ingest_floor import IngestFloor, measure_floor  # noqa: E402
 from profile_top import report as profile_report  # noqa: E402
 from reference import Reference, measure_reference  # noqa: E402
 
@@ -330,6 +331,26 @@ def reference_table(res: Results, ref: Reference) -> str:
     return "\n".join(lines)
 
 
+def floor_table(res: Results, f: IngestFloor) -> str:
+    """The ingest goal next to what transport and the mandated durable steps allow (bench/ingest_floor.py)."""
+    rate = res.get("orthanc", "ingest_per_s_rounds") or res.get("orthanc", "ingest_per_s")
+    how = "direct" if f.direct_write else "buffered"
+    lines = ["Ingest floor, same run (bench/ingest_floor.py): each sender's cycle is at least its transfer plus "
+             "the durable steps; parsing and indexing come on top.", "",
+             "| Part | one at a time, inst/s | two at once, inst/s |", "|---|---:|---:|",
+             f"| storescu into `storescp --ignore` (transport) | {fmt(f.transport_1)} | {fmt(f.transport_2)} |",
+             f"| SHA-256, {how} write + fsync, rename, directory fsync, SQLite commit (durable steps) | "
+             f"{fmt(f.durable_1)} | {fmt(f.durable_2)} |", ""]
+    if rate:
+        need = 1.5 * rate
+        verdict = ("no" if f.optimistic < need else
+                   "only if the senders did not slow each other" if f.contended < need else "yes")
+        lines.append(f"Ingest goal: >= {fmt(need)} inst/s (1.5x Orthanc's {fmt(rate)}); transport + durable steps "
+                     f"allow at most {fmt(f.optimistic)} inst/s with nothing shared between the two senders, "
+                     f"{fmt(f.contended)} inst/s with both parts contended as measured. Reachable here: {verdict}.")
+    return "\n".join(lines)
+
+
 def ingest_budget(res: Results) -> str:
     """What the ingest goal leaves each instance in CPU time: at 1.5x Orthanc's rate the machine's cores give
     ``cpus / rate`` seconds per instance, to share between the senders (measured: the storescu processes) and
@@ -536,6 +557,17 @@ def main() -> int:
     except Exception as exc:  # noqa: BLE001
         res.fail("reference", "reference", exc)
 
+    # ---- what sending alone and the mandated durable steps alone allow CT ingest (bench/ingest_floor.py)
+    floor = None
+    try:
+        log("measuring the ingest floor (storescu into storescp --ignore; the durable steps alone) ...")
+        direct = servers.TELERAD_SETTINGS.get("TELERAD_BLOB_DIRECT_WRITE", "true").lower() in ("1", "true", "yes", "on")
+        floor = measure_floor(ct.groups, tmp / "floor", direct)
+        for k in ("transport_1", "transport_2", "durable_1", "durable_2", "optimistic", "contended"):
+            res.put("ingest_floor", k, getattr(floor, k))
+    except Exception as exc:  # noqa: BLE001
+        res.fail("floor", "ingest floor", exc)
+
     # ---- report
     m = machine()
     total = time.monotonic() - t_start
@@ -562,6 +594,8 @@ def main() -> int:
     body = table(res, sizes)
     if reference is not None:
         body += "\n\n" + reference_table(res, reference)
+    if floor is not None:
+        body += "\n\n" + floor_table(res, floor)
     if ingest_rounds is not None:
         body += (f"\n\nCT ingest in {args.ingest_rounds} alternating rounds (fresh servers, order rotating):\n\n"
                  + ingest_rounds.table())
