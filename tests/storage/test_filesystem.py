@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 
@@ -176,3 +177,26 @@ def test_close_stops_the_staging_threads(tmp_path):
     assert store.place(store.stage_in_background(b"y").result())[1] == 1  # usable again after close
     store.close()
     assert not staging() - others
+
+
+@pytest.mark.parametrize("direct_write", [False, True], ids=["buffered", "direct"])
+def test_background_staging_of_stored_content_keeps_the_stored_blob_and_removes_its_write(tmp_path, direct_write):
+    """The write starts before the hash tells that the content is stored already: the stored blob stays as it
+    is, and the new write's temporary file is removed once it ends."""
+    import time
+
+    store = FileSystemStore(tmp_path, direct_write=direct_write)
+    data = os.urandom(300_000)
+    key, _ = store.put(data)
+    before = store.path(key).stat()
+    again = store.stage_in_background(data).result()
+    assert (again.key, again.size, again.tmp) == (key, len(data), None)
+    assert store.place(again) == (key, len(data))
+    deadline = time.monotonic() + 10
+    while list((tmp_path / "tmp").iterdir()):
+        assert time.monotonic() < deadline, "the redundant write's file stayed behind"
+        time.sleep(0.01)
+    after = store.path(key).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert store.verify(key)
+    store.close()
