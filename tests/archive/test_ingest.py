@@ -310,35 +310,45 @@ def test_blob_direct_write_setting_stores_through_o_direct(settings, tmp_path):
         ctx.close()
 
 
-def test_the_common_path_on_the_driver_writes_what_the_general_path_writes(ctx, site, monkeypatch):
-    """The first instance of a series is indexed through SQLAlchemy (new patient, study, series); the next ones
-    through the driver's cursor (:func:`ingest._index_common`). Both rows hold the same things."""
-    from telerad.archive import ingest
-    from telerad.archive.parse import parse_object
+def test_index_rows_hold_what_the_objects_say(ctx, site):
+    """Every column ingest writes (on the bare driver, :func:`ingest._index`) for a new patient, study and
+    series, for the next instances of the series, and for a second series of the study."""
+    from telerad.archive.demo import cr_image
+    from telerad.archive.parse import SERIES_TAGS, STUDY_TAGS, level_json, parse_object
 
-    taken: list[bool] = []
-    real = ingest._index_common
-
-    def spy(*args):
-        done = real(*args)
-        taken.append(done is not None)
-        return done
-
-    monkeypatch.setattr(ingest, "_index_common", spy)
-    raws = ct_series(PATIENT, generate_uid(), "A1", 3, 16)
-    assert [store(ctx, site.id, raw, "CT_NODE").outcome for raw in raws] == [Outcome.STORED] * 3
-    assert taken == [False, True, True]
+    study_uid = generate_uid()
+    raws = ct_series(PATIENT, study_uid, "A1", 3, 16)
+    raws[0] = _edited(raws[0], StudyDate="20240131", StudyTime="0930", StudyID="S7", ReferringPhysicianName="Ref^Doc",
+                      PerformedProcedureStepStartDate="20240131", PerformedProcedureStepStartTime="093512",
+                      IssuerOfPatientID="HOSP")
+    raws[1:] = [_edited(raw, IssuerOfPatientID="HOSP") for raw in raws[1:]]
+    raws.append(_edited(cr_image(PATIENT, study_uid, "A1"), IssuerOfPatientID="HOSP"))
+    assert [store(ctx, site.id, raw, "CT_NODE").outcome for raw in raws] == [Outcome.STORED] * 4
+    objs = [parse_object(raw, max_rows=1 << 16, max_columns=1 << 16, max_frames=1 << 16) for raw in raws]
     with ctx.db.session() as s:
-        rows = s.execute(select(Instance).order_by(Instance.id)).scalars().all()
-        series = s.execute(select(Series)).scalar_one()
+        patient = s.execute(select(Patient)).scalar_one()
         study = s.execute(select(Study)).scalar_one()
-    assert (series.num_instances, study.num_instances, study.num_series) == (3, 3, 1)
-    for raw, row in zip(raws, rows, strict=True):
-        obj = parse_object(raw, max_rows=1 << 16, max_columns=1 << 16, max_frames=1 << 16)
+        ct, cr = s.execute(select(Series).order_by(Series.id)).scalars().all()
+        rows = s.execute(select(Instance).order_by(Instance.id)).scalars().all()
+    assert (patient.site_id, patient.patient_id, patient.issuer, patient.patient_name, patient.birth_date,
+            patient.sex) == (site.id, "PID1", "HOSP", "Test^Pat", "19900101", "M")
+    first = objs[0].dataset
+    assert (study.site_id, study.patient_fk, study.study_uid, study.study_date, study.study_time,
+            study.accession_number, study.study_id, study.description, study.referring_physician) == (
+        site.id, patient.id, study_uid, "20240131", "093000", "A1", "S7", str(first.StudyDescription), "Ref^Doc")
+    assert (study.num_series, study.num_instances, study.modalities) == (2, 4, "CR\\CT")
+    assert json.loads(study.attributes_json) == json.loads(level_json(objs[0].metadata, STUDY_TAGS))
+    assert (ct.site_id, ct.study_fk, ct.series_uid, ct.modality, ct.series_number, ct.description, ct.body_part,
+            ct.pps_start_date, ct.pps_start_time, ct.num_instances) == (
+        site.id, study.id, objs[0].series_uid, "CT", 1, "Axial 5mm", "HEAD", "20240131", "093512", 3)
+    assert json.loads(ct.attributes_json) == json.loads(level_json(objs[0].metadata, SERIES_TAGS))
+    assert (cr.series_uid, cr.modality, cr.num_instances) == (objs[3].series_uid, "CR", 1)
+    for raw, obj, row, series in zip(raws, objs, rows, [ct, ct, ct, cr], strict=True):
         assert row.sop_uid == obj.sop_instance_uid and row.series_fk == series.id and row.site_id == site.id
+        assert row.sop_class_uid == obj.sop_class_uid
         assert json.loads(row.metadata_json) == json.loads(json.dumps(obj.metadata))
         assert json.loads(row.frames_json) == [[list(f) for f in frame] for frame in obj.frames]
         assert (row.instance_number, row.rows, row.columns, row.number_of_frames) == (
-            int(obj.dataset.InstanceNumber), 16, 16, 1)
+            int(obj.dataset.InstanceNumber), obj.rows, obj.columns, 1)
         assert (row.source_ae, row.size, row.transfer_syntax_uid) == ("CT_NODE", len(raw), obj.transfer_syntax_uid)
         assert ctx.blobs.path(row.blob_key).read_bytes()[132:] == raw[132:] and row.received_at is not None
