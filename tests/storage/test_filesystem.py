@@ -1,21 +1,45 @@
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 
 import pytest
 
+from telerad.storage import filesystem
 from telerad.storage.filesystem import LAYOUT_VERSION, FileSystemStore, InvalidKey
 
 
-def test_content_addressed_and_idempotent(tmp_path):
+@pytest.fixture(params=["unnamed", "named"])
+def temp_files(request, monkeypatch) -> str:
+    """Each staging test runs with unnamed temporary files (O_TMPFILE, where the file system has them) and with
+    the named ones a store uses elsewhere."""
+    if request.param == "named":
+        monkeypatch.setattr(filesystem, "_links_unnamed", lambda directory: False)
+    return request.param
+
+
+def leftovers(root) -> list[str]:
+    """Temporary files left behind: named ones in ``tmp/``, and unnamed ones this process still holds open
+    (their descriptors read as ``<root>/tmp/#<inode> (deleted)``)."""
+    tmp = f"{root}/tmp/"
+    found = [str(p) for p in (root / "tmp").iterdir()]
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(tmp):
+                found.append(target)
+    return found
+
+
+def test_content_addressed_and_idempotent(tmp_path, temp_files):
     store = FileSystemStore(tmp_path)
     key, size = store.put(b"hello")
     assert key == hashlib.sha256(b"hello").hexdigest() and size == 5
     assert store.put_chunks([b"he", b"llo"]) == (key, 5)
     assert store.path(key).read_bytes() == b"hello"
     assert store.read_range(key, 1, 3) == b"ell"
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_keys_cannot_traverse(tmp_path):
@@ -69,36 +93,36 @@ def test_the_layout_is_upgraded_once(tmp_path):
     assert (tmp_path / "ab" / "cd" / ("ab" + "0" * 62)).exists()
 
 
-def test_a_removed_fan_out_directory_is_made_again(tmp_path):
+def test_a_removed_fan_out_directory_is_made_again(tmp_path, temp_files):
     store = FileSystemStore(tmp_path)
     key = hashlib.sha256(b"again").hexdigest()
     (tmp_path / key[:2]).rmdir()
     assert store.put(b"again") == (key, 5) and store.path(key).read_bytes() == b"again"
 
 
-def test_a_staged_blob_is_invisible_until_placed(tmp_path):
+def test_a_staged_blob_is_invisible_until_placed(tmp_path, temp_files):
     store = FileSystemStore(tmp_path)
     staged = store.stage(b"staged bytes")
     assert staged.key == hashlib.sha256(b"staged bytes").hexdigest() and staged.size == 12
     assert not store.exists(staged.key)
-    assert staged.tmp is not None and open(staged.tmp, "rb").read() == b"staged bytes"
+    assert staged.path is not None and open(staged.path, "rb").read() == b"staged bytes"
     assert store.place(staged) == (staged.key, 12)
     assert store.path(staged.key).read_bytes() == b"staged bytes"
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert leftovers(tmp_path) == []
     again = store.stage(b"staged bytes")  # stored already: nothing is written
-    assert again.tmp is None and store.place(again) == (staged.key, 12)
+    assert again.path is None and store.place(again) == (staged.key, 12)
 
 
-def test_a_discarded_stage_leaves_nothing(tmp_path):
+def test_a_discarded_stage_leaves_nothing(tmp_path, temp_files):
     store = FileSystemStore(tmp_path)
     staged = store.stage_in_background(b"rejected object").result()
     store.discard(staged)
-    assert list((tmp_path / "tmp").iterdir()) == [] and not store.exists(staged.key)
+    assert leftovers(tmp_path) == [] and not store.exists(staged.key)
     store.discard(staged)  # twice is harmless
     store.close()
 
 
-def test_background_staging_runs_on_staging_threads_of_this_process(tmp_path):
+def test_background_staging_runs_on_staging_threads_of_this_process(tmp_path, temp_files):
     import threading
 
     store = FileSystemStore(tmp_path)
@@ -114,16 +138,14 @@ def test_background_staging_runs_on_staging_threads_of_this_process(tmp_path):
     keys = {store.place(f.result())[0] for f in futures}
     assert len(keys) == 20 and all(store.exists(k) for k in keys)
     assert len(names) == 20 and all(n.startswith("blob-stage") for n in names)
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert leftovers(tmp_path) == []
     store.close()
 
 
-def test_a_background_staging_is_writing_when_it_returns(tmp_path, monkeypatch):
+def test_a_background_staging_is_writing_when_it_returns(tmp_path, temp_files, monkeypatch):
     """The staging thread has begun the write by the time stage_in_background returns, so the caller's parse
     overlaps it (a thread started while the caller holds the GIL would otherwise wait for the parse to end)."""
     import threading
-
-    from telerad.storage import filesystem
 
     entered = threading.Event()
     release = threading.Event()
@@ -140,15 +162,13 @@ def test_a_background_staging_is_writing_when_it_returns(tmp_path, monkeypatch):
     assert entered.wait(5) and not future.done()
     release.set()
     staged = future.result()
-    assert staged.tmp is not None and open(staged.tmp, "rb").read() == b"parsed meanwhile"
+    assert staged.path is not None and open(staged.path, "rb").read() == b"parsed meanwhile"
     assert store.place(staged)[0] == staged.key and store.path(staged.key).read_bytes() == b"parsed meanwhile"
     store.close()
 
 
-def test_a_failed_write_leaves_no_staged_file(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_no_staged_file(tmp_path, temp_files, monkeypatch):
     import errno
-
-    from telerad.storage import filesystem
 
     def full(fd: int, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -158,7 +178,7 @@ def test_a_failed_write_leaves_no_staged_file(tmp_path, monkeypatch):
     for stage in (store.stage, lambda data: store.stage_in_background(data).result()):
         with pytest.raises(OSError):
             stage(b"no room")
-        assert list((tmp_path / "tmp").iterdir()) == []
+        assert leftovers(tmp_path) == []
     store.close()
 
 
@@ -180,7 +200,8 @@ def test_close_stops_the_staging_threads(tmp_path):
 
 
 @pytest.mark.parametrize("direct_write", [False, True], ids=["buffered", "direct"])
-def test_background_staging_of_stored_content_keeps_the_stored_blob_and_removes_its_write(tmp_path, direct_write):
+def test_background_staging_of_stored_content_keeps_the_stored_blob_and_removes_its_write(tmp_path, temp_files,
+                                                                                          direct_write):
     """The write starts before the hash tells that the content is stored already: the stored blob stays as it
     is, and the new write's temporary file is removed once it ends."""
     import time
@@ -190,13 +211,36 @@ def test_background_staging_of_stored_content_keeps_the_stored_blob_and_removes_
     key, _ = store.put(data)
     before = store.path(key).stat()
     again = store.stage_in_background(data).result()
-    assert (again.key, again.size, again.tmp) == (key, len(data), None)
+    assert (again.key, again.size, again.path) == (key, len(data), None)
     assert store.place(again) == (key, len(data))
     deadline = time.monotonic() + 10
-    while list((tmp_path / "tmp").iterdir()):
+    while leftovers(tmp_path):
         assert time.monotonic() < deadline, "the redundant write's file stayed behind"
         time.sleep(0.01)
     after = store.path(key).stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
     assert store.verify(key)
     store.close()
+
+
+def test_staged_files_are_unnamed_where_the_file_system_allows(tmp_path):
+    """ext4 (this machine's, and CI's) has O_TMPFILE: a staged blob has no name anywhere until it is placed."""
+    store = FileSystemStore(tmp_path, direct_write=True)
+    assert store.unnamed_temp
+    staged = store.stage(b"x" * 5000)
+    assert staged.tmp is None and staged.unnamed is not None
+    assert list((tmp_path / "tmp").iterdir()) == [] and len(leftovers(tmp_path)) == 1
+    assert not store.exists(staged.key)
+    store.place(staged)
+    assert store.path(staged.key).read_bytes() == b"x" * 5000 and store.path(staged.key).stat().st_nlink == 1
+    assert leftovers(tmp_path) == []
+
+
+def test_the_same_content_staged_twice_is_placed_once(tmp_path, temp_files):
+    """Two writers of the same object at once (the key was free when each started): both succeed, one blob."""
+    store = FileSystemStore(tmp_path)
+    first, second = store.stage(b"same bytes"), store.stage(b"same bytes")
+    assert first.path is not None and second.path is not None
+    assert store.place(first) == store.place(second) == (hashlib.sha256(b"same bytes").hexdigest(), 10)
+    assert store.path(first.key).read_bytes() == b"same bytes" and leftovers(tmp_path) == []
+    assert [p.name for p in (tmp_path / first.key[:2]).iterdir()] == [first.key]

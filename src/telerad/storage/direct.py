@@ -55,14 +55,8 @@ class _Buffers:
 _buffers = _Buffers()
 
 
-def open_new(path: str) -> int:
-    """Create ``path`` (it must not exist) for writing with ``O_DIRECT``; OSError(EINVAL) where the file system
-    refuses it."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT, 0o600)
-
-
 def write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write ``data`` at the start of the new file ``fd`` (opened by :func:`open_new`), then cut the file to
+    """Write ``data`` at the start of the new file ``fd`` (opened with ``O_DIRECT``), then cut the file to
     ``len(data)``. The caller fsyncs."""
     view = memoryview(data).cast("B")
     size = len(view)

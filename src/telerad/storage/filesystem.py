@@ -1,8 +1,16 @@
 """Content-addressed blob store on a local file system.
 
-A blob is written to a temporary file in the store, fsync'd, renamed to ``ab/<sha256>`` and the directory
-is fsync'd, so once :meth:`put` returns the bytes survive a power cut. Keys are SHA-256 hex digests: a
-caller can neither choose a path nor traverse out of the store (cf. Orthanc CVE-2023-33466).
+A blob is written to a temporary file in the store, fsync'd, given its name ``ab/<sha256>`` and the directory
+is fsync'd, so once :meth:`put` returns the bytes survive a power cut, and no key ever names a partly written
+file. Keys are SHA-256 hex digests: a caller can neither choose a path nor traverse out of the store (cf. Orthanc
+CVE-2023-33466).
+
+The temporary file of :meth:`stage` is unnamed where the file system allows it (``O_TMPFILE``, open(2)): it has
+no directory entry until ``linkat`` gives it its key (the atomic step a rename is for a named one), so its
+fsync writes no directory, and a crash leaves nothing behind to clean up. Measured on this project's VM (ext4),
+write + fsync + name + directory fsync of 512 KB objects, two writers: 814-904 against 569-918 objects/s for a
+named file renamed, in alternating pairs. Elsewhere (no ``O_TMPFILE``, no ``/proc``) a named temporary file in
+``tmp/`` is renamed into place.
 
 Layout: one level of 256 directories named by the key's first two hex digits, all made (and fsync'd) when
 the store is first opened, so storing a blob costs one rename and one directory fsync. The earlier layout,
@@ -16,6 +24,7 @@ directories (a million blobs are ~4,000 per directory).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -45,29 +54,55 @@ class InvalidKey(ValueError):
     pass
 
 
+class Unnamed:
+    """An unnamed temporary file (``O_TMPFILE``), open as ``fd`` until it is linked under its key or given up
+    (closed, it is gone). Closing twice is harmless."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 @dataclass(frozen=True)
 class Staged:
-    """A blob written and fsync'd to ``tmp`` but not yet under its key; ``tmp`` None: stored already."""
+    """A blob written and fsync'd but not yet under its key: in the named file ``tmp`` or the ``unnamed`` one;
+    neither: stored already."""
 
     key: str
     size: int
     tmp: str | None
+    unnamed: Unnamed | None = None
+
+    @property
+    def path(self) -> str | None:
+        """Where the staged bytes can be read (an unnamed file through ``/proc/self/fd``); None: nothing staged."""
+        if self.unnamed is not None and self.unnamed.fd >= 0:
+            return f"/proc/self/fd/{self.unnamed.fd}"
+        return self.tmp
 
 
 @dataclass(frozen=True)
 class _Open:
-    """A staging in progress: the temporary file ``tmp`` open as ``fd`` (``O_DIRECT`` when ``direct``)."""
+    """A staging in progress: the temporary file open as ``fd`` (``O_DIRECT`` when ``direct``), named ``tmp``
+    or unnamed (``tmp`` None)."""
 
     key: str
     size: int
-    tmp: str
+    tmp: str | None
     fd: int
     direct: bool
 
 
 # A new temporary file whose writes return once they are on disk with the file's metadata, "as though each write
 # were followed by fsync" (open(2), O_SYNC): the write and the fsync in one call, so one release of the GIL.
-_NEW_SYNCED = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_SYNC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_NEW_SYNCED = _NEW | os.O_SYNC
+_UNNAMED = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC  # in a directory: an unnamed file in it
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -93,6 +128,7 @@ class FileSystemStore:
         self._stager_lock = threading.Lock()
         if not (self.root / LAYOUT).exists():
             self._upgrade()
+        self.unnamed_temp = _links_unnamed(self._tmp)
 
     def path(self, key: str) -> Path:
         return Path(self._file(key))
@@ -213,18 +249,14 @@ class FileSystemStore:
             if exc is not None:
                 staged.set_exception(exc)
             else:
-                staged.set_result(Staged(key, len(data), done.result().tmp))
+                staged.set_result(dataclasses.replace(done.result(), key=key))
 
         written.add_done_callback(keyed)
         return staged
 
-    @staticmethod
-    def _remove_written(done: Future[Staged]) -> None:
+    def _remove_written(self, done: Future[Staged]) -> None:
         if done.exception() is None:  # a failed write removed its own file
-            tmp = done.result().tmp
-            if tmp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            self.discard(done.result())
 
     def _prepare(self, data: bytes) -> Staged | _Open:
         """The blob's key, and a new temporary file open for writing it; a :class:`Staged` without a file when
@@ -236,44 +268,54 @@ class FileSystemStore:
 
     def _open_temp(self, size: int, key: str = "") -> _Open:
         """A new temporary file open for writing a blob of ``size`` bytes (``O_DIRECT`` when configured)."""
-        tmp = f"{self._tmp}/in-{secrets.token_hex(8)}"
         if self.direct_write:
             try:
-                return _Open(key, size, tmp, direct.open_new(tmp), True)
+                return self._create(size, key, direct=True)
             except OSError as exc:
-                with contextlib.suppress(FileNotFoundError):  # some file systems create it, then refuse
-                    os.unlink(tmp)
                 if exc.errno != errno.EINVAL:
                     raise
                 self._refuse_direct(exc)
-        return _Open(key, size, tmp, os.open(tmp, _NEW_SYNCED, 0o600), False)
+        return self._create(size, key, direct=False)
+
+    def _create(self, size: int, key: str, direct: bool) -> _Open:
+        """The temporary file: unnamed where possible; ``O_DIRECT``, or ``O_SYNC`` writes (see ``_NEW_SYNCED``)."""
+        mode = os.O_DIRECT if direct else os.O_SYNC
+        if self.unnamed_temp:
+            return _Open(key, size, None, os.open(self._tmp, _UNNAMED | mode, 0o600), direct)
+        tmp = f"{self._tmp}/in-{secrets.token_hex(8)}"
+        try:
+            return _Open(key, size, tmp, os.open(tmp, _NEW | mode, 0o600), direct)
+        except OSError:
+            with contextlib.suppress(FileNotFoundError):  # some file systems create it, then refuse
+                os.unlink(tmp)
+            raise
 
     def _write_staged(self, f: _Open, data: bytes, writing: threading.Event | None) -> Staged:
-        """Write and sync the prepared file, close it; on failure remove it. ``writing`` is set just before the
-        first write (:meth:`stage_in_background`)."""
-        fd = f.fd
+        """Write and sync the prepared file (a named one is closed, an unnamed one stays open for :meth:`place`);
+        on failure remove it. ``writing`` is set just before the first write (:meth:`stage_in_background`)."""
         try:
             if writing is not None:
                 writing.set()
             if f.direct:
                 try:
-                    direct.write_all(fd, data)
-                    os.fsync(fd)
+                    direct.write_all(f.fd, data)
+                    os.fsync(f.fd)
                 except OSError as exc:  # refused at the first write: once more through the page cache
                     if exc.errno != errno.EINVAL:
                         raise
                     self._refuse_direct(exc)
-                    os.close(fd)
-                    fd = -1
-                    os.unlink(f.tmp)
-                    fd = os.open(f.tmp, _NEW_SYNCED, 0o600)
-                    _write_all(fd, data)
+                    self._abandon(f)
+                    f = _Open(f.key, f.size, None, -1, False)  # nothing open, should the next step fail
+                    f = self._create(f.size, f.key, direct=False)
+                    _write_all(f.fd, data)
             else:
-                _write_all(fd, data)  # O_SYNC: returns once the bytes and the file's metadata are on disk
+                _write_all(f.fd, data)  # O_SYNC: returns once the bytes and the file's metadata are on disk
         except BaseException:
-            self._abandon(_Open(f.key, f.size, f.tmp, fd, f.direct))
+            self._abandon(f)
             raise
-        os.close(fd)
+        if f.tmp is None:
+            return Staged(f.key, f.size, None, Unnamed(f.fd))
+        os.close(f.fd)
         return Staged(f.key, f.size, f.tmp)
 
     def _refuse_direct(self, exc: OSError) -> None:
@@ -287,8 +329,9 @@ class FileSystemStore:
         if f.fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(f.fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(f.tmp)
+        if f.tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f.tmp)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._stager_lock:
@@ -298,16 +341,43 @@ class FileSystemStore:
             return self._stager
 
     def place(self, staged: Staged) -> tuple[str, int]:
-        """The second half of :meth:`put`: rename the staged file to its key, durably; (key, size)."""
+        """The second half of :meth:`put`: name the staged file by its key, durably; (key, size)."""
+        if staged.unnamed is not None:
+            try:
+                self._link(staged.unnamed.fd, staged.key)
+            finally:
+                staged.unnamed.close()
+            return staged.key, staged.size
         if staged.tmp is None:
             return staged.key, staged.size
         return self._placed(staged.tmp, staged.key, staged.size)
 
     def discard(self, staged: Staged) -> None:
-        """Remove a staged file that will not be placed (the object was rejected)."""
+        """Remove a staged file that will not be placed (the object was rejected). Twice is harmless."""
+        if staged.unnamed is not None:
+            staged.unnamed.close()
         if staged.tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(staged.tmp)
+
+    def _link(self, fd: int, key: str) -> None:
+        """Give the fsync'd unnamed file ``fd`` the name of the blob ``key`` (linkat(2) through ``/proc/self/fd``,
+        as open(2) describes for ``O_TMPFILE``) and make the name durable. A blob of that key stored meanwhile
+        holds the same bytes: the name stays, this copy goes when closed, and the directory is synced all the
+        same (its writer may not have synced it yet)."""
+        fan = f"{self._root}/{key[:2]}"
+        try:
+            dir_fd = os.open(fan, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:  # its fan-out directory exists since the store was opened, unless removed since
+            os.makedirs(fan, exist_ok=True)
+            _fsync_dir(self.root)
+            dir_fd = os.open(fan, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.link(f"/proc/self/fd/{fd}", key, dst_dir_fd=dir_fd, follow_symlinks=True)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def _placed(self, tmp: str, key: str, size: int) -> tuple[str, int]:
         try:
@@ -396,6 +466,32 @@ class FileSystemStore:
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
+
+
+def _links_unnamed(directory: str) -> bool:
+    """Whether unnamed files made in ``directory`` can be linked into the store (``O_TMPFILE`` and ``/proc``):
+    tried once, with a file linked and removed again."""
+    if not _UNNAMED & ~(os.O_WRONLY | os.O_CLOEXEC):
+        return False
+    probe = f"probe-{secrets.token_hex(8)}"
+    try:
+        fd = os.open(directory, _UNNAMED, 0o600)
+    except OSError:
+        return False
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # With a directory descriptor Python calls linkat(2), which follows the /proc link (AT_SYMLINK_FOLLOW);
+            # plain link(2) would link the /proc entry itself and fail (EXDEV).
+            os.link(f"/proc/self/fd/{fd}", probe, dst_dir_fd=dir_fd, follow_symlinks=True)
+            os.unlink(probe, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path | str) -> None:
