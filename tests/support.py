@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import subprocess
 import threading
@@ -47,6 +49,12 @@ def resident_pages(path: Path | str) -> int:
     return int(out.split()[0])
 
 
+def written_through_cache(path: Path | str) -> int:
+    """Pages of a blob written with O_DIRECT that are in the page cache once it is written: its last partial
+    page, written through the cache (storage/direct.py), or none."""
+    return 1 if os.stat(path).st_size % 4096 else 0
+
+
 def wait_until_resident(paths: list[Path], timeout: float = 10.0) -> bool:
     """Wait for every page of each of ``paths`` to be in the page cache (background reads complete on the
     disk's time); False if that did not happen within ``timeout`` seconds."""
@@ -57,3 +65,16 @@ def wait_until_resident(paths: list[Path], timeout: float = 10.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
+
+
+def leftovers(root) -> list[str]:
+    """Temporary files left behind: named ones in ``tmp/``, and unnamed ones this process still holds open
+    (their descriptors read as ``<root>/tmp/#<inode> (deleted)``)."""
+    tmp = f"{root}/tmp/"
+    found = [str(p) for p in (root / "tmp").iterdir()]
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(tmp):
+                found.append(target)
+    return found

@@ -10,7 +10,7 @@ import sys
 import threading
 
 import pytest
-from support import resident_pages
+from support import leftovers, resident_pages
 
 from telerad.storage import direct
 from telerad.storage.filesystem import FileSystemStore
@@ -28,7 +28,7 @@ def test_direct_write_stores_exact_bytes_and_length(tmp_path, size):
     assert store.path(key).stat().st_size == size  # the padding to a whole block is cut off
     assert store.path(key).read_bytes() == data and store.verify(key)
     assert store.direct_write  # ext4 took O_DIRECT: no fallback
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert leftovers(tmp_path) == []
 
 
 def test_direct_write_bypasses_the_page_cache_and_buffered_does_not(tmp_path):
@@ -73,7 +73,7 @@ def test_a_failed_direct_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     monkeypatch.setattr(direct, "write_all", fail)
     with pytest.raises(MemoryError):
         store.put(b"x" * 10_000)
-    assert list((tmp_path / "tmp").iterdir()) == []
+    assert leftovers(tmp_path) == []
     assert not store.path(hashlib.sha256(b"x" * 10_000).hexdigest()).exists()
     assert store.direct_write
 

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 
 import pytest
+from support import leftovers
 
 from telerad.storage import filesystem
 from telerad.storage.filesystem import LAYOUT_VERSION, FileSystemStore, InvalidKey
@@ -17,19 +17,6 @@ def temp_files(request, monkeypatch) -> str:
     if request.param == "named":
         monkeypatch.setattr(filesystem, "_links_unnamed", lambda directory: False)
     return request.param
-
-
-def leftovers(root) -> list[str]:
-    """Temporary files left behind: named ones in ``tmp/``, and unnamed ones this process still holds open
-    (their descriptors read as ``<root>/tmp/#<inode> (deleted)``)."""
-    tmp = f"{root}/tmp/"
-    found = [str(p) for p in (root / "tmp").iterdir()]
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/self/fd/{fd}")
-            if target.startswith(tmp):
-                found.append(target)
-    return found
 
 
 def test_content_addressed_and_idempotent(tmp_path, temp_files):

@@ -7,13 +7,14 @@ object (measured in docs/benchmarks.md: 1.1-1.8 ms per 512 KB written, against 0
 written here). The cost moves to the first read, which then comes from the disk.
 
 ``O_DIRECT`` needs the buffer, the file offset and the length aligned to the device's logical block size; this
-module uses :data:`ALIGN` (4 KiB, a multiple of every common logical block size), pads the last block with
-zeros and truncates the file back to its real length before the caller's ``fsync``. File systems that refuse
+module uses :data:`ALIGN` (4 KiB, a multiple of every common logical block size) and writes a last partial
+block through the page cache. File systems that refuse
 ``O_DIRECT`` answer ``EINVAL`` (at open or at the first write): callers fall back to buffered writes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import threading
@@ -56,25 +57,30 @@ _buffers = _Buffers()
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write ``data`` at the start of the new file ``fd`` (opened with ``O_DIRECT``), then cut the file to
-    ``len(data)``. The caller fsyncs."""
+    """Write ``data`` at the start of the new file ``fd`` (opened with ``O_DIRECT``): its whole blocks straight
+    to the disk, a last partial block through the page cache (``O_DIRECT`` cleared on ``fd``, fcntl(2)). The
+    caller fsyncs, which writes that block too. Padding the last block and cutting the file back instead cost
+    an ftruncate per object (5-10 % of a 512 KB object's write + fsync, measured: 0.49-0.53 against
+    0.44-0.49 ms p50)."""
     view = memoryview(data).cast("B")
     size = len(view)
-    with _buffers.take() as buf:
-        done = 0
+    whole = size - size % ALIGN
+    if whole:
+        with _buffers.take() as buf:
+            done = 0
+            while done < whole:
+                n = min(BUFFER_BYTES, whole - done)
+                buf[:n] = view[done:done + n]
+                chunk = memoryview(buf)
+                try:
+                    written = 0
+                    while written < n:  # short writes are rare; one ending unaligned fails with EINVAL
+                        written += os.write(fd, chunk[written:n])
+                finally:
+                    chunk.release()
+                done += n
+    if whole < size:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        done = whole
         while done < size:
-            n = min(BUFFER_BYTES, size - done)
-            buf[:n] = view[done:done + n]
-            padded = -(-n // ALIGN) * ALIGN
-            if padded > n:
-                buf[n:padded] = bytes(padded - n)
-            written = 0
-            chunk = memoryview(buf)
-            try:
-                while written < padded:  # short writes are rare; one ending unaligned fails with EINVAL
-                    written += os.write(fd, chunk[written:padded])
-            finally:
-                chunk.release()
-            done += n
-    if size % ALIGN:
-        os.ftruncate(fd, size)
+            done += os.pwrite(fd, view[done:], done)
