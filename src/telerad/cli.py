@@ -126,9 +126,11 @@ def node_list(click_ctx: click.Context, site_code: str | None) -> None:
 
 @main.command("import")
 @click.option("--site", "site_code", required=True)
+@click.option("--jobs", type=click.IntRange(1, 64), default=4, show_default=True,  # importer.DEFAULT_JOBS
+              help="Objects stored at once (each waits on the disk's syncs).")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.pass_context
-def import_(click_ctx: click.Context, site_code: str, paths: tuple[Path, ...]) -> None:
+def import_(click_ctx: click.Context, site_code: str, jobs: int, paths: tuple[Path, ...]) -> None:
     """Import DICOM files, folders and zip archives into a site."""
     from telerad.archive.importer import count_sources, import_paths
 
@@ -141,7 +143,7 @@ def import_(click_ctx: click.Context, site_code: str, paths: tuple[Path, ...]) -
     columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task("import", total=total)
-        summary = import_paths(ctx, site_obj.id, list(paths), lambda _n: bar.advance(task))
+        summary = import_paths(ctx, site_obj.id, list(paths), lambda _n: bar.advance(task), jobs=jobs)
     for name, reason in summary.failures:
         err.print(f"[red]{name}[/red]: {reason}", markup=True, highlight=False)
     c = summary.counts
