@@ -8,9 +8,10 @@ durable steps, then the response. Two parts of that cycle need no archive at all
 * **transport**: the same storescu processes and files into DCMTK's ``storescp --ignore``, which receives every
   object and throws it away (C++, no file written): what sending and receiving alone allow;
 * **durable steps**: processes that hold the same objects in memory and do only what the issue mandates per
-  object: the SHA-256 content key, the blob written to a temporary file and synced, renamed, the directory
-  synced (telerad's own ``FileSystemStore.put``, as configured for the run), and one SQLite row committed in
-  WAL mode with ``synchronous=FULL`` (telerad's pragmas), one database for all processes.
+  object: the SHA-256 content key, the blob written to a temporary file and synced, named (linked, or renamed
+  where there is no ``O_TMPFILE``), the directory synced (telerad's own ``FileSystemStore.put``, as configured
+  for the run), and one SQLite row committed in WAL mode with ``synchronous=FULL`` (telerad's pragmas), one
+  database for all processes.
 
 Both are measured with one participant and with two at once. A cycle cannot be shorter than its transport
 part plus its durable part, so two senders cannot exceed ``2 / (1/transport_1 + 1/durable_1)`` (nothing shared

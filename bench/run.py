@@ -339,7 +339,7 @@ def floor_table(res: Results, f: IngestFloor) -> str:
              "the durable steps; parsing and indexing come on top.", "",
              "| Part | one at a time, inst/s | two at once, inst/s |", "|---|---:|---:|",
              f"| storescu into `storescp --ignore` (transport) | {fmt(f.transport_1)} | {fmt(f.transport_2)} |",
-             f"| SHA-256, {how} write + fsync, rename, directory fsync, SQLite commit (durable steps) | "
+             f"| SHA-256, {how} write + fsync, naming (link), directory fsync, SQLite commit (durable steps) | "
              f"{fmt(f.durable_1)} | {fmt(f.durable_2)} |", ""]
     if rate:
         need = 1.5 * rate
