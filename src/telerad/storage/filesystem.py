@@ -201,7 +201,7 @@ class FileSystemStore:
 
     def put(self, data: bytes) -> tuple[str, int]:
         """:meth:`put_chunks` for bytes in memory: hashed first, so content already stored is not written again
-        (a stored blob was fsync'd before it was renamed into place)."""
+        (a stored blob was fsync'd before it was named)."""
         return self.place(self.stage(data))
 
     def stage(self, data: bytes) -> Staged:
@@ -239,7 +239,7 @@ class FileSystemStore:
         key = hashlib.sha256(data).hexdigest()  # releases the GIL: the staging thread takes it and starts writing
         writing.wait()
         staged: Future[Staged] = Future()
-        if os.path.exists(self._file(key)):  # stored already (a stored blob was synced before it was renamed)
+        if os.path.exists(self._file(key)):  # stored already (a stored blob was synced before it was named)
             written.add_done_callback(self._remove_written)
             staged.set_result(Staged(key, len(data), None))
             return staged
