@@ -24,14 +24,23 @@ def _pids(pattern: str, text: str) -> list[int]:
     return [int(m) for m in re.findall(pattern, text)]
 
 
-def _storing(log: Path) -> list[int]:
-    """The process ids that logged a C-STORE, in order."""
-    return _pids(r"\[(\d+)\] telerad\.adapters\.dimse\.storage: C-STORE", log.read_text())
+def _stores(log: Path, at_least: int = 0) -> list[tuple[int, int]]:
+    """(process id, objects stored or duplicate) of each C-STORE summary in the log, in order: the process that
+    served an association logs one per study when the association ends. Waits for ``at_least`` of them."""
+    deadline = time.monotonic() + 30
+    while True:
+        text = log.read_text()
+        found = re.findall(r"\[(\d+)\] telerad\.adapters\.dimse\.audit: C-STORE from .*?: (\d+) stored, (\d+) "
+                           r"duplicates", text)
+        if len(found) >= at_least:
+            return [(int(pid), int(stored) + int(duplicates)) for pid, stored, duplicates in found]
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.1)
 
 
 def _hold_association(port: int, store: Path | None = None) -> Association:
-    """An association left open; with ``store``, one C-STORE on it first (so the log tells who serves it): a
-    copy of that file under a new SOP Instance UID."""
+    """An association left open; with ``store``, one C-STORE on it first (its summary, logged when the
+    association ends, tells who served it): a copy of that file under a new SOP Instance UID."""
     ae = AE(ae_title="GH_CT")
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage)
@@ -92,16 +101,16 @@ def test_dimse_workers_get_connections_by_load_and_are_supervised(settings, ctx,
         _wait_idle(settings.dicom_port)
         held = _hold_association(settings.dicom_port, store=files[0])
         try:
-            assert _storing(log) == [proc.pid]
             sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, *map(str, files[:-1]))
             assert sent.returncode == 0, sent.stderr
-            assert _storing(log) == [proc.pid] + [worker] * (len(files) - 1)
+            assert _stores(log, 1) == [(worker, len(files) - 1)]  # the held association is not over yet
         finally:
             held.release()
+        assert _stores(log, 2)[1] == (proc.pid, 1)  # telerad serve had the held one
         _wait_idle(settings.dicom_port)  # both idle again: telerad serve keeps the next
         sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(files[-1]))
         assert sent.returncode == 0, sent.stderr
-        assert _storing(log)[-1] == proc.pid
+        assert _stores(log, 3)[2] == (proc.pid, 1)
         r = httpx.get(f"{http}/dicom-web/studies", params={"PatientID": "WRK1"}, headers=auth)
         assert r.status_code == 200 and r.json()[0]["00201208"]["Value"] == [len(files) + 1]  # + the held one's
 
@@ -121,15 +130,15 @@ def test_dimse_workers_get_connections_by_load_and_are_supervised(settings, ctx,
             echo = dcmtk("echoscu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port)
             assert echo.returncode == 0, echo.stderr
         _wait_idle(settings.dicom_port)  # the restarted worker gets connections too
-        stored_before = len(_storing(log))
+        before = len(_stores(log))
         held = _hold_association(settings.dicom_port, store=files[1])
         try:
-            assert _storing(log)[stored_before:] == [proc.pid]
             sent = dcmtk("storescu", "-aet", "GH_CT", "-aec", "TELERAD", "127.0.0.1", port, str(files[0]))
             assert sent.returncode == 0, sent.stderr
-            assert _storing(log)[-1] == restarted
+            assert _stores(log, before + 1)[before:] == [(restarted, 1)]  # a duplicate, counted as such
         finally:
             held.release()
+        assert _stores(log, before + 2)[before + 1] == (proc.pid, 1)
     finally:
         stop(proc)
     assert not _alive(restarted)

@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from telerad.db.writelock import WriteLock, lock_path
+
 
 def make_engine(url: str, pool_size: int | None = None) -> Engine:
     """The engine for ``url``; ``pool_size`` bounds its pool (default: SQLAlchemy's for SQLite, 20 + 20 for
@@ -60,11 +62,9 @@ class Database:
         self._loop_engine: Engine | None = None
         self._loop_thread: int | None = None
         self._factory = sessionmaker(expire_on_commit=False)
-        # SQLite has one writer at a time. Its busy handler polls, sleeping 1, 2, 5, 10 ms... between tries, so
-        # two of this process's threads writing together (two associations' ingest) cost the second one a
-        # millisecond or more each time. Queued on a lock instead, it starts the moment the first commits.
-        # Other processes (DIMSE workers, ``telerad import``) still meet at SQLite's lock and its busy timeout.
-        self._writer = threading.RLock() if self._shared.dialect.name == "sqlite" else None
+        # SQLite has one writer at a time, and its busy handler polls: writers queue on a lock instead, this
+        # process's threads and other processes (DIMSE workers, ``telerad import``) alike (:mod:`.writelock`).
+        self._writer = WriteLock(lock_path(url)) if self._shared.dialect.name == "sqlite" else None
 
     @property
     def engine(self) -> Engine:
@@ -174,3 +174,5 @@ class Database:
     def dispose(self) -> None:
         for engine in self._engines():
             engine.dispose()
+        if self._writer is not None:
+            self._writer.close()

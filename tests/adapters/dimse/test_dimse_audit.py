@@ -6,6 +6,7 @@ C-FIND: one record per query; C-GET / C-MOVE: one record per study retrieved. Th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,7 +76,8 @@ def test_store_is_one_record_per_study_per_association(ctx: Context, dcmtk: Dcmt
 
 
 def test_store_failures_are_counted_with_their_status(ctx: Context, dcmtk: Dcmtk, gh_node: str,
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="telerad.adapters.dimse")
     study = generate_uid()
     first = cr_image(PATIENT, study, "C1")
     assert dcmtk.store(GH_AE, write_files(tmp_path / "first", [first])).rc == 0
@@ -91,6 +93,12 @@ def test_store_failures_are_counted_with_their_status(ctx: Context, dcmtk: Dcmtk
     assert last["study_uid"] == study and last["outcome"] == MINOR_FAILURE
     assert last["details"]["stored"] == 1 and last["details"]["failed"] == 1
     assert last["details"]["failure_statuses"] == {"0111": 1}
+    # The log says the same, one line per study and association; stored objects are not logged one by one.
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    summaries = [line for line in lines if line.startswith("C-STORE from")]
+    assert summaries[-1] == f"C-STORE from {GH_AE} (127.0.0.1), study {study}: 1 stored, 0 duplicates, 1 failed " \
+                            "{'0111': 1}"
+    assert not [line for line in lines if line.startswith("C-STORE 1.")]
 
 
 def test_refused_object_is_a_serious_failure(ctx: Context, dcmtk: Dcmtk, gh_node: str, tmp_path: Path) -> None:

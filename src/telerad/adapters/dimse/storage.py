@@ -49,9 +49,9 @@ def handle_store(event: Any, rt: Runtime) -> int | Dataset:
         rt.audit.stored(event.assoc, None, CANNOT_UNDERSTAND)
         return status(CANNOT_UNDERSTAND, f"cannot process object: {exc}")
     rt.audit.stored(event.assoc, result, result.status or (0x0000 if result.ok else CANNOT_UNDERSTAND))
-    if result.ok:
-        log.info("C-STORE %s %s from %s: %s", result.sop_class_uid, result.sop_instance_uid, calling,
-                 result.outcome.value)
+    if result.ok:  # one INFO line per study and association when it ends (:mod:`.audit`), not per object
+        log.debug("C-STORE %s %s from %s: %s", result.sop_class_uid, result.sop_instance_uid, calling,
+                  result.outcome.value)
         return 0x0000
     log.warning("C-STORE %s from %s refused 0x%04X: %s", result.sop_instance_uid, calling, result.status,
                 result.reason)
