@@ -37,6 +37,7 @@ from telerad.archive.parse import (
     parse_object,
 )
 from telerad.context import Context
+from telerad.db.compiled import Compiled
 from telerad.db.models import Instance, Patient, Series, StoreConflict, Study
 from telerad.storage.filesystem import Staged
 
@@ -166,10 +167,11 @@ def _n(ds: object, keyword: str) -> int | None:
         return None
 
 
-# The index statements, built once and compiled once per dialect for the bare driver (sqlite3 or psycopg):
-# SQLAlchemy's execution machinery costs ~0.1 ms a statement, held under the GIL every association shares,
-# against ~0.02 ms for the driver. A new series (and its study and patient) takes eight statements, and an X-ray
-# study is one or two instances per series, so the first instance of a series is as common as the next ones.
+# The index statements, built once and compiled once per dialect for the bare driver (sqlite3 or psycopg,
+# :mod:`telerad.db.compiled`): SQLAlchemy's execution machinery costs ~0.1 ms a statement, held under the GIL
+# every association shares, against ~0.02 ms for the driver. A new series (and its study and patient) takes
+# eight statements, and an X-ray study is one or two instances per series, so the first instance of a series
+# is as common as the next ones.
 _EXISTING = (
     select(Instance.blob_key)
     .where(Instance.site_id == bindparam("p_site_id"), Instance.sop_uid == bindparam("p_sop_uid"))
@@ -210,43 +212,10 @@ _SERIES_COLUMNS = ["site_id", "study_fk", "series_uid", "modality", "series_numb
 _CONFLICT_COLUMNS = ["site_id", "sop_uid", "kept_blob_key", "received_sha256", "received_size", "source"]
 
 
-class _Compiled:
-    """A Core statement compiled once per dialect for a DBAPI cursor: its SQL and its parameters' order
-    (positional paramstyles, as sqlite3's) or None (named ones, as psycopg's)."""
-
-    def __init__(self, stmt: ClauseElement, dialect: Dialect, keys: list[str] | None = None) -> None:
-        compiled = stmt.compile(dialect=dialect, column_keys=keys)
-        self.sql = compiled.string
-        order = getattr(compiled, "positiontup", None)  # SQLCompiler's: the bind names in positional order
-        self.order = tuple(order) if order else None
-        # Values the statement carries itself (the 1 of ``num_instances + 1``); bindparam() ones come per call.
-        binds = getattr(compiled, "binds", {})
-        self.fixed = {name: value for name, value in compiled.params.items()
-                      if value is not None and name in binds and not binds[name].required}
-
-    def params(self, values: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        if self.fixed:
-            values = {**self.fixed, **values}
-        return values if self.order is None else tuple(values[k] for k in self.order)
-
-    def run(self, cur: Any, values: dict[str, Any]) -> None:
-        cur.execute(self.sql, self.params(values))
-
-    def first(self, cur: Any, values: dict[str, Any]) -> Any:
-        """The first row, or None; the rest are read too (SQLite ends a statement when it is read to the end)."""
-        cur.execute(self.sql, self.params(values))
-        rows = cur.fetchall()
-        return rows[0] if rows else None
-
-    def scalar(self, cur: Any, values: dict[str, Any]) -> Any:
-        row = self.first(cur, values)
-        return None if row is None else row[0]
-
-
 class _Statements:
     def __init__(self, dialect: Dialect) -> None:
-        def c(stmt: ClauseElement, keys: list[str] | None = None) -> _Compiled:
-            return _Compiled(stmt, dialect, keys)
+        def c(stmt: ClauseElement, keys: list[str] | None = None) -> Compiled:
+            return Compiled(stmt, dialect, keys)
 
         self.series_and_existing, self.existing = c(_SERIES_AND_EXISTING), c(_EXISTING)
         self.study, self.patient, self.study_modalities = c(_STUDY), c(_PATIENT), c(_STUDY_MODALITIES)

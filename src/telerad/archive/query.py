@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, aliased
 
 from telerad.context import Context
+from telerad.db.compiled import CompiledCache
 from telerad.db.models import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -120,18 +121,25 @@ def search(
     plan = _plan(level, include_instance_metadata)
     params: dict[str, Any] = {f"q{i}": v for i, v in enumerate(v for spec in specs for v in spec.values)}
     params.update(site=site_id, offset=offset, limit=limit)
-    with ctx.db.engine.connect() as conn:  # rows of plain columns: no ORM objects for a hot query
-        rows = conn.execute(_statement(level, include_instance_metadata, specs, limit is not None), params).all()
+    shape, stmt = _statement(level, include_instance_metadata, specs, limit is not None)
+    compiled = _COMPILED.get(shape, stmt, ctx.db.engine.dialect)
+    if compiled is not None:  # rows of plain columns on the bare driver (:mod:`telerad.db.compiled`)
+        with ctx.db.dbapi_read() as cur:
+            rows = compiled.all(cur, params)
+    else:  # a list of UIDs or values (an expanding IN): SQLAlchemy renders it per call
+        with ctx.db.engine.connect() as conn:
+            rows = list(conn.execute(stmt, params).all())
     return [plan.render(row) for row in rows]
 
 
 _STATEMENTS: dict[tuple[Any, ...], Any] = {}
 _STATEMENTS_MAX = 512  # query shapes kept; a client inventing more only costs the building again
+_COMPILED = CompiledCache(_STATEMENTS_MAX)
 
 
-def _statement(level: str, with_metadata: bool, specs: list[_Spec], limited: bool) -> Any:
-    """The select of a query shape (level, columns, which keys with which kind of matching), built once: its
-    values are bind parameters (``site``, ``offset``, ``limit``, ``q0``, ``q1``... in the order of
+def _statement(level: str, with_metadata: bool, specs: list[_Spec], limited: bool) -> tuple[Any, Any]:
+    """The shape of a query (level, columns, which keys with which kind of matching) and its select, built once:
+    its values are bind parameters (``site``, ``offset``, ``limit``, ``q0``, ``q1``... in the order of
     ``specs``' values). Building a select (its conditions, joins, cache key) was ~half of a QIDO's work in
     the server, the SQL statement itself ~6 %."""
     shape = (level, with_metadata, limited, tuple((spec.attr.tag, spec.shape) for spec in specs))
@@ -145,7 +153,7 @@ def _statement(level: str, with_metadata: bool, specs: list[_Spec], limited: boo
         if len(_STATEMENTS) >= _STATEMENTS_MAX:
             _STATEMENTS.clear()
         _STATEMENTS[shape] = q
-    return q
+    return shape, q
 
 
 _ENTITY: dict[str, Any] = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series, "IMAGE": Instance}

@@ -138,6 +138,22 @@ class Database:
             finally:
                 raw.close()  # back to the pool
 
+    @contextmanager
+    def dbapi_read(self) -> Iterator[Any]:
+        """A bare DBAPI cursor for a read of one statement (:mod:`telerad.db.compiled`): the bearer-token check
+        and QIDO-RS run one per request. SQLite runs it in autocommit mode (see make_engine), one statement
+        being its own read transaction; on PostgreSQL the pool rolls the driver's transaction back when the
+        connection returns."""
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+        finally:
+            raw.close()  # back to the pool
+
     @property
     def dbapi_errors(self) -> tuple[type[Exception], ...]:
         """The driver's IntegrityError and OperationalError (PEP 249), raised through :meth:`dbapi_write`."""

@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, select, update
 
 from telerad.context import Context
+from telerad.db.compiled import CompiledCache
 from telerad.db.models import ApiToken, Membership, Site, User
 from telerad.domain.access import parse_roles, roles_text
 from telerad.security.audit import Action, Event
@@ -134,8 +135,11 @@ def check_token(ctx: Context, token: str, source: str) -> tuple[Principal, bool]
     if not public_id or not secret or len(token) > 200:
         raise Unauthenticated("invalid token")
     now = utcnow()
-    with ctx.db.engine.connect() as conn:  # one statement, no ORM: this runs on every request
-        row = conn.execute(_LOOKUP, {"public_id": public_id}).first()
+    # One statement on the bare driver: this runs on every request (:mod:`telerad.db.compiled`).
+    lookup = _COMPILED.get("lookup", _LOOKUP, ctx.db.engine.dialect)
+    assert lookup is not None  # plain bind parameters: always compilable
+    with ctx.db.dbapi_read() as cur:
+        row = lookup.first_named(cur, {"public_id": public_id})
     if row is None or not hmac.compare_digest(row.secret_hash, sha256_hex(secret)):
         raise Unauthenticated("invalid token")
     if row.revoked_at is not None:
@@ -166,3 +170,4 @@ _LOOKUP = (
     .outerjoin(Membership, (Membership.user_id == ApiToken.user_id) & (Membership.site_id == ApiToken.site_id))
     .where(ApiToken.public_id == bindparam("public_id"))
 )
+_COMPILED = CompiledCache()
