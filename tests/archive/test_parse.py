@@ -64,3 +64,45 @@ def test_missing_or_invalid_uids_are_refused(value, reason):
     with pytest.raises(RejectedObject) as exc:
         parse_object(raw, **CAPS)
     assert (exc.value.status, exc.value.reason) == (CANNOT_UNDERSTAND, reason)
+
+
+def _outcome(raw: bytes) -> tuple[object, ...]:
+    try:
+        obj = parse_object(raw, **CAPS)
+    except RejectedObject as exc:
+        return ("rejected", exc.status)
+    except Exception as exc:  # noqa: BLE001 - ingest refuses these as processing failures; compared by type
+        return ("raised", type(exc).__name__)
+    return (obj.data, obj.sop_class_uid, obj.sop_instance_uid, obj.study_uid, obj.series_uid,
+            obj.transfer_syntax_uid, obj.metadata, obj.frames, obj.number_of_frames, obj.instance_number,
+            obj.rows, obj.columns)
+
+
+def test_the_lean_header_read_gives_what_dcmread_gives(monkeypatch):
+    """Every file of pydicom's test data parses to the same index values, DICOM JSON and frame positions (or
+    the same refusal) whether its header is read by telerad.archive.parse._read_lean or by pydicom.dcmread."""
+    from pathlib import Path
+
+    from telerad.archive import parse
+
+    files = sorted(p for p in (Path(pydicom.data.__file__).parent / "test_files").rglob("*") if p.is_file())
+    assert len(files) > 100
+    raws = [p.read_bytes() for p in files]
+    lean_read = parse._read_lean
+    used = []
+
+    def counting(data: bytes):
+        found = lean_read(data)
+        used.append(found is not None)
+        return found
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        monkeypatch.setattr(parse, "_read_lean", counting)
+        lean = [_outcome(raw) for raw in raws]
+        monkeypatch.setattr(parse, "_read_lean", lambda data: None)
+        full = [_outcome(raw) for raw in raws]
+    lean_used = sum(used)
+    assert lean_used > 50  # most of them take the lean read
+    differ = [str(p.name) for p, a, b in zip(files, lean, full, strict=True) if a != b]
+    assert differ == []

@@ -12,15 +12,17 @@ import re
 import struct
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -117,17 +119,101 @@ def _int(ds: Dataset, keyword: str, default: int = 0) -> int:
         return default
 
 
-def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int) -> ParsedObject:
-    """Validate and index one received object (PS3.10 file). Raises :class:`RejectedObject`."""
-    data = normalise_part10(raw)
-    fp = BytesIO(data)
+_LONG_VR = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_PIXEL_DATA_TAGS = frozenset(PIXEL_TAGS)
+
+
+class FileMeta(NamedTuple):
+    end: int  # where the Data Set starts
+    values: dict[int, bytes]  # each element's value by element number
+    explicit: bool  # every VR was two capital letters, as Explicit VR requires
+
+
+def file_meta_elements(part10: bytes) -> FileMeta:
+    """Walk the File Meta Information of a Part 10 file (group 0002 after the preamble and "DICM", always
+    Explicit VR Little Endian, PS3.10 7.1). ValueError without "DICM" or when an element runs past the end."""
+    if part10[128:132] != b"DICM":
+        raise ValueError("not a Part 10 file")
+    pos, n = 132, len(part10)
+    values: dict[int, bytes] = {}
+    explicit = True
+    while pos + 8 <= n and part10[pos:pos + 2] == b"\x02\x00":
+        (element,) = struct.unpack_from("<H", part10, pos + 2)
+        vr = part10[pos + 4:pos + 6]
+        explicit = explicit and vr.isalpha() and vr.isupper()
+        if vr in _LONG_VR:
+            if pos + 12 > n:
+                raise ValueError("File Meta Information element header runs past the end of the file")
+            start = pos + 12
+            end = start + struct.unpack_from("<I", part10, pos + 8)[0]
+        else:
+            start = pos + 8
+            end = start + struct.unpack_from("<H", part10, pos + 6)[0]
+        if end > n:
+            raise ValueError("File Meta Information element runs past the end of the file")
+        values[element] = part10[start:end]
+        pos = end
+    return FileMeta(pos, values, explicit)
+
+
+def _meta_uid(values: dict[int, bytes], element: int) -> str:
+    return values.get(element, b"").decode("ascii", "replace").strip("\0 ")
+
+
+def _at_pixel_data(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag in _PIXEL_DATA_TAGS
+
+
+def _read_lean(data: bytes) -> tuple[Dataset, str, str, int] | None:
+    """The header of a Part 10 object in the common encodings, read without :func:`pydicom.dcmread`: the File
+    Meta group walked in place (:func:`file_meta_elements`), the Data Set read by pydicom's
+    :func:`~pydicom.filereader.read_dataset` up to the pixel data, as ``dcmread`` reads it (including its
+    check of the VR encoding actually used). ``dcmread`` also builds and converts a File Meta dataset and a
+    FileDataset around them: of its ~240 us per CT header, ~130 us (measured). None when the object needs
+    ``dcmread``: deflated or private transfer syntaxes, a File Meta group it must interpret."""
     try:
+        end, meta, explicit = file_meta_elements(data)
+    except ValueError:
+        return None
+    if not explicit:
+        return None
+    ts = _meta_uid(meta, 0x0010)
+    if ts == ImplicitVRLittleEndian:
+        implicit, little = True, True
+    elif ts == ExplicitVRLittleEndian:
+        implicit, little = False, True
+    elif ts == ExplicitVRBigEndian:
+        implicit, little = False, False
+    elif ts != DeflatedExplicitVRLittleEndian and UID(ts).is_transfer_syntax and UID(ts).is_compressed:
+        implicit, little = False, True  # encapsulated pixel data: Explicit VR Little Endian (PS3.5 A.4)
+    else:
+        return None
+    fp = BytesIO(data)
+    fp.seek(end)
+    ds = read_dataset(fp, implicit, little, stop_when=_at_pixel_data)
+    return ds, ts, _meta_uid(meta, 0x0003), fp.tell()
+
+
+def _read_header(data: bytes) -> tuple[Dataset, str, str, int]:
+    """The Data Set up to the pixel data, the Transfer Syntax UID, the Media Storage SOP Instance UID ("" when
+    absent) and where the pixel data element starts (the end of the header)."""
+    try:
+        lean = _read_lean(data)
+        if lean is not None:
+            return lean
+        fp = BytesIO(data)
         ds = pydicom.dcmread(fp, stop_before_pixels=True)
     except Exception as exc:
         raise RejectedObject(CANNOT_UNDERSTAND, f"cannot parse DICOM: {exc}") from exc
-    pixel_pos = fp.tell()
     meta = ds.file_meta
     ts = str(meta.get("TransferSyntaxUID", "")).strip("\0 ")
+    return ds, ts, str(meta.get("MediaStorageSOPInstanceUID", "")).strip("\0 "), fp.tell()
+
+
+def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int) -> ParsedObject:
+    """Validate and index one received object (PS3.10 file). Raises :class:`RejectedObject`."""
+    data = normalise_part10(raw)
+    ds, ts, ms_uid, pixel_pos = _read_header(data)
     if not ts:
         raise RejectedObject(CANNOT_UNDERSTAND, "file meta has no Transfer Syntax UID")
     # The DICOM JSON first: the values below are read from it (:class:`_Values`), so pydicom converts none of
@@ -138,7 +224,6 @@ def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int
     sop_uid = v.uid("SOPInstanceUID")
     study_uid = v.uid("StudyInstanceUID")
     series_uid = v.uid("SeriesInstanceUID")
-    ms_uid = str(meta.get("MediaStorageSOPInstanceUID", sop_uid)).strip("\0 ")
     if ms_uid and ms_uid != sop_uid:
         raise RejectedObject(DATASET_MISMATCH, "Media Storage SOP Instance UID differs from SOP Instance UID")
 
@@ -158,7 +243,7 @@ def parse_object(raw: bytes, *, max_rows: int, max_columns: int, max_frames: int
     elif ts == DeflatedExplicitVRLittleEndian:
         pixel_tag = _deflated_pixel_tag(data)
     if pixel_tag is not None:
-        metadata[PIXEL_TAGS[pixel_tag]] = _pixel_json(ds, v, pixel_tag)
+        metadata[PIXEL_TAGS[pixel_tag]] = _pixel_json(ts, v, pixel_tag)
     return ParsedObject(
         data=data,
         sop_class_uid=sop_class,
@@ -333,8 +418,8 @@ def _to_json(ds: Dataset) -> dict[str, Any]:
         raise RejectedObject(CANNOT_UNDERSTAND, f"cannot represent the object as DICOM JSON: {exc}") from exc
 
 
-def _pixel_json(ds: Dataset, v: _Values, pixel_tag: int) -> dict[str, str]:
-    encapsulated = ds.file_meta.TransferSyntaxUID.is_compressed
+def _pixel_json(ts: str, v: _Values, pixel_tag: int) -> dict[str, str]:
+    encapsulated = UID(ts).is_compressed
     vr = "OB" if encapsulated or v.integer("BitsAllocated", 16) <= 8 else "OW"  # PS3.5 A.4: encapsulated is OB
     if pixel_tag == 0x7FE00008:
         vr = "OF"

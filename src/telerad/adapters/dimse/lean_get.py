@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import struct
 from collections.abc import Callable
 from io import BytesIO
 from typing import TYPE_CHECKING
@@ -37,6 +36,7 @@ from telerad.adapters.dimse.retrieve import (
     _RetrieveRecord,
     matching_instances,
 )
+from telerad.archive.parse import file_meta_elements
 
 if TYPE_CHECKING:
     from telerad.adapters.dimse.lean import LeanAssociation, Message
@@ -46,26 +46,12 @@ log = logging.getLogger(__name__)
 C_GET_RQ, C_STORE_RSP, C_CANCEL_RQ = 0x0010, 0x8001, 0x0FFF
 UNABLE_TO_PROCESS = 0xC000
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
-_LONG_VR = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 
 def data_set_offset(part10: bytes) -> int:
     """Where the Data Set of a Part 10 file starts: after the preamble, "DICM" and the File Meta elements
     (group 0002, always Explicit VR Little Endian, PS3.10 7.1), walked element by element."""
-    if part10[128:132] != b"DICM":
-        raise ValueError("not a Part 10 file")
-    pos = 132
-    while pos + 8 <= len(part10) and part10[pos:pos + 2] == b"\x02\x00":
-        vr = part10[pos + 4:pos + 6]
-        if vr in _LONG_VR:
-            if pos + 12 > len(part10):
-                raise ValueError("File Meta Information element header runs past the end of the file")
-            pos += 12 + struct.unpack_from("<I", part10, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", part10, pos + 6)[0]
-    if pos > len(part10):
-        raise ValueError("File Meta Information element runs past the end of the file")
-    return pos
+    return file_meta_elements(part10).end
 
 
 class _Get:
