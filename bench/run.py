@@ -107,9 +107,13 @@ def run_suite(srv: servers.Server, ct: gen.DataSet, ct_after: gen.DataSet, small
         return f
 
     def meta() -> None:
-        lat = measure.metadata(srv, study, args.metadata_requests)
-        log(f"  {name} metadata ({len(study.sop_uids)} instances): p50 {lat.p50 * MS:.1f} ms")
-        res.put(name, "metadata_p50", lat.p50 * MS)
+        for _ in range(2):  # twice each, alternating clients: the second round is reported
+            lat = measure.metadata(srv, study, args.metadata_requests, lean=False)
+            log(f"  {name} metadata (httpx): p50 {lat.p50 * MS:.1f} ms")
+            res.put(name, "metadata_httpx_p50", lat.p50 * MS)
+            lat = measure.metadata(srv, study, args.metadata_requests)
+            log(f"  {name} metadata ({len(study.sop_uids)} instances, http.client): p50 {lat.p50 * MS:.1f} ms")
+            res.put(name, "metadata_p50", lat.p50 * MS)
 
     def frames() -> None:
         lat = measure.frames(srv, study, frame_bytes)
@@ -234,7 +238,8 @@ ROWS: list[tuple[str, str, str, str, float | None]] = [
     ("ingest_client_cpu_ms", "Ingest CT: the 2 storescu's CPU per instance", "ms", "lo", None),
     ("qido_p50", "QIDO-RS studies?PatientID=", "p50 ms", "lo", None),
     ("qido_p95", "QIDO-RS studies?PatientID=", "p95 ms", "lo", 1.0),
-    ("metadata_p50", "Study /metadata", "p50 ms", "lo", 0.1),
+    ("metadata_p50", "Study /metadata (http.client)", "p50 ms", "lo", 0.1),
+    ("metadata_httpx_p50", "Study /metadata (httpx client)", "p50 ms", "lo", None),
     ("frame_p50", "frames/1 (octet-stream; http.client)", "p50 ms", "lo", 0.1),
     ("frame_p95", "frames/1 (octet-stream; http.client)", "p95 ms", "lo", None),
     ("frame_httpx_p50", "frames/1 (octet-stream; httpx client)", "p50 ms", "lo", None),
