@@ -8,6 +8,7 @@ See bench/README.md. Not part of CI.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gen  # noqa: E402
 import measure  # noqa: E402
+import paired  # noqa: E402
 import rounds  # noqa: E402
 import servers  # noqa: E402
 from ingest_floor import IngestFloor, measure_floor  # noqa: E402
@@ -50,6 +52,7 @@ class Results:
     values: dict[str, dict[str, float | None]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
     info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rounds: paired.PerRound = field(default_factory=paired.PerRound)  # the paired rounds' figures
 
     def put(self, server: str, key: str, value: float | None) -> None:
         self.values.setdefault(server, {})[key] = value
@@ -65,7 +68,7 @@ class Results:
         log(f"  {server} {step} FAILED: {exc}")
 
 
-def step(res: Results, server: str, name: str, fn: Callable[[], None]) -> None:
+def step(res: Results, server: str, name: str, fn: Callable[[], object]) -> None:
     try:
         fn()
     except Exception as exc:  # noqa: BLE001 - one broken endpoint must not end the run
@@ -81,81 +84,87 @@ class Small:
     n_bulk: int
 
 
-def run_suite(srv: servers.Server, ct: gen.DataSet, ct_after: gen.DataSet, small: Small,
-              args: argparse.Namespace, res: Results, tmp: Path) -> servers.Server:
-    name = srv.name
-    study = ct.studies[0]
-    frame_bytes = args.size * args.size * 2
+class Suite:
+    """The measurements, each on one server and returning its figures; run.py takes them in paired rounds
+    (paired.py) on both servers at once. ``cts[r]`` / ``cts_after[r]`` are the CT data sets of ingest round
+    ``r`` (the first is the one every other measurement reads)."""
 
-    def ingest_empty() -> None:
-        r = measure.ingest(srv, ct, log_dir=tmp)
-        log(f"  {name} ingest: {r.instances} instances, {r.bytes / 1e6:.0f} MB in {r.wall:.1f} s = "
-            f"{r.per_s:.1f} inst/s, {r.mb_s:.1f} MB/s (server CPU {r.server_cpu:.1f} s)")
-        res.put(name, "ingest_per_s", r.per_s)
-        res.put(name, "ingest_mb_s", r.mb_s)
-        res.put(name, "ingest_cpu_ms", r.server_cpu / r.instances * MS)
-        res.put(name, "ingest_client_cpu_ms", r.client_cpu / r.instances * MS)
+    def __init__(self, cts: list[gen.DataSet], cts_after: list[gen.DataSet], small: Small,
+                 args: argparse.Namespace, res: Results, tmp: Path) -> None:
+        self.cts, self.cts_after, self.small, self.args, self.res, self.tmp = cts, cts_after, small, args, res, tmp
+        self.study = cts[0].studies[0]
+        self.frame_bytes = args.size * args.size * 2
+
+    def ingest(self, srv: servers.Server, rnd: int, scale: bool = False) -> dict[str, float]:
+        data = (self.cts_after if scale else self.cts)[rnd]
+        r = measure.ingest(srv, data, log_dir=self.tmp)
+        what = "ingest at scale" if scale else "ingest"
+        log(f"  {srv.name} {what}: {r.instances} instances, {r.bytes / 1e6:.0f} MB in {r.wall:.1f} s = "
+            f"{r.per_s:.1f} inst/s, {r.mb_s:.1f} MB/s (server CPU {r.server_cpu / r.instances * MS:.2f} ms/inst)")
         if r.errors:
             raise measure.BenchError("; ".join(r.errors))
+        if scale:
+            return {"ingest_per_s_scale": r.per_s, "ingest_mb_s_scale": r.mb_s}
+        return {"ingest_per_s": r.per_s, "ingest_mb_s": r.mb_s, "ingest_cpu_ms": r.server_cpu / r.instances * MS,
+                "ingest_client_cpu_ms": r.client_cpu / r.instances * MS}
 
-    def qido(suffix: str = "") -> Callable[[], None]:
-        def f() -> None:
-            lat = measure.qido(srv, study.patient_id, args.qido_requests, expect=1)
-            log(f"  {name} QIDO{suffix}: p50 {lat.p50 * MS:.2f} ms, p95 {lat.p95 * MS:.2f} ms")
-            res.put(name, f"qido_p50{suffix}", lat.p50 * MS)
-            res.put(name, f"qido_p95{suffix}", lat.p95 * MS)
-        return f
+    def ingest_scale(self, srv: servers.Server, rnd: int) -> dict[str, float]:
+        return self.ingest(srv, rnd, scale=True)
 
-    def meta() -> None:
-        for _ in range(2):  # twice each, alternating clients: the second round is reported
-            lat = measure.metadata(srv, study, args.metadata_requests, lean=False)
-            log(f"  {name} metadata (httpx): p50 {lat.p50 * MS:.1f} ms")
-            res.put(name, "metadata_httpx_p50", lat.p50 * MS)
-            lat = measure.metadata(srv, study, args.metadata_requests)
-            log(f"  {name} metadata ({len(study.sop_uids)} instances, http.client): p50 {lat.p50 * MS:.1f} ms")
-            res.put(name, "metadata_p50", lat.p50 * MS)
+    def qido(self, srv: servers.Server, rnd: int, suffix: str = "") -> dict[str, float]:
+        lat = measure.qido(srv, self.study.patient_id, self.args.qido_requests, expect=1)
+        log(f"  {srv.name} QIDO{suffix}: p50 {lat.p50 * MS:.2f} ms, p95 {lat.p95 * MS:.2f} ms")
+        return {f"qido_p50{suffix}": lat.p50 * MS, f"qido_p95{suffix}": lat.p95 * MS}
 
-    def frames() -> None:
-        lat = measure.frames(srv, study, frame_bytes)
-        log(f"  {name} frames/1 over {len(study.sop_uids)} instances (http.client): p50 {lat.p50 * MS:.2f} ms, "
-            f"p95 {lat.p95 * MS:.2f} ms")
-        res.put(name, "frame_p50", lat.p50 * MS)
-        res.put(name, "frame_p95", lat.p95 * MS)
-        lat = measure.frames(srv, study, frame_bytes, lean=False)
-        log(f"  {name} frames/1 (httpx): p50 {lat.p50 * MS:.2f} ms")
-        res.put(name, "frame_httpx_p50", lat.p50 * MS)
+    def qido_scale(self, srv: servers.Server, rnd: int) -> dict[str, float]:
+        return self.qido(srv, rnd, "_scale")
 
-    def wado() -> None:
-        t = measure.wado_study(srv, study, args.wado_runs, len(study.sop_uids) * frame_bytes)
-        log(f"  {name} WADO-RS study: {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = {t.mb_s:.0f} MB/s")
-        res.put(name, "wado_mb_s", t.mb_s)
-        res.put(name, "wado_s", t.wall)
-        t = measure.wado_study_curl(srv, study, args.wado_runs, len(study.sop_uids) * frame_bytes)
-        log(f"  {name} WADO-RS study (curl): {t.bytes / 1e6:.0f} MB in {t.wall:.3f} s = {t.mb_s:.0f} MB/s")
-        res.put(name, "wado_curl_mb_s", t.mb_s)
+    def metadata(self, srv: servers.Server, rnd: int) -> dict[str, float]:
+        n = self.args.metadata_requests
+        if rnd == 0:  # Orthanc's first loop on a study was its slowest (260.8 then 101.9 ms): one unrecorded
+            measure.metadata(srv, self.study, n)
+        httpx_lat = measure.metadata(srv, self.study, n, lean=False)
+        lat = measure.metadata(srv, self.study, n)
+        log(f"  {srv.name} metadata ({len(self.study.sop_uids)} instances): p50 {lat.p50 * MS:.1f} ms "
+            f"(http.client), {httpx_lat.p50 * MS:.1f} ms (httpx)")
+        return {"metadata_p50": lat.p50 * MS, "metadata_httpx_p50": httpx_lat.p50 * MS}
 
-    def cfind() -> None:
-        lat = measure.cfind(srv, study.patient_id, args.cfind_runs, expect=1)
-        log(f"  {name} C-FIND: p50 {lat.p50 * MS:.1f} ms, p95 {lat.p95 * MS:.1f} ms")
-        res.put(name, "cfind_p50", lat.p50 * MS)
+    def frames(self, srv: servers.Server, rnd: int) -> dict[str, float]:
+        lat = measure.frames(srv, self.study, self.frame_bytes)
+        lat_x = measure.frames(srv, self.study, self.frame_bytes, lean=False)
+        log(f"  {srv.name} frames/1 over {len(self.study.sop_uids)} instances: p50 {lat.p50 * MS:.2f} ms, "
+            f"p95 {lat.p95 * MS:.2f} ms (http.client); p50 {lat_x.p50 * MS:.2f} ms (httpx)")
+        return {"frame_p50": lat.p50 * MS, "frame_p95": lat.p95 * MS, "frame_httpx_p50": lat_x.p50 * MS}
 
-    def cget() -> None:
+    def wado(self, srv: servers.Server, rnd: int) -> dict[str, float]:
+        size = len(self.study.sop_uids) * self.frame_bytes
+        t = measure.wado_study(srv, self.study, self.args.wado_runs, size)
+        c = measure.wado_study_curl(srv, self.study, self.args.wado_runs, size)
+        log(f"  {srv.name} WADO-RS study, {c.bytes / 1e6:.0f} MB: curl {c.mb_s:.0f} MB/s, httpx {t.mb_s:.0f} MB/s")
+        return {"wado_mb_s": t.mb_s, "wado_s": t.wall, "wado_curl_mb_s": c.mb_s}
+
+    def cfind(self, srv: servers.Server, rnd: int) -> dict[str, float]:
+        lat = measure.cfind(srv, self.study.patient_id, self.args.cfind_runs, expect=1)
+        log(f"  {srv.name} C-FIND: p50 {lat.p50 * MS:.1f} ms, p95 {lat.p95 * MS:.1f} ms")
+        return {"cfind_p50": lat.p50 * MS}
+
+    def cget(self, srv: servers.Server, rnd: int) -> dict[str, float]:
+        runs = self.args.cget_runs
         cpu0 = measure.cpu_seconds(srv.pid)
-        t = measure.cget(srv, study, args.cget_runs, tmp)
-        cpu_ms = (measure.cpu_seconds(srv.pid) - cpu0) / (args.cget_runs * max(t.files, 1)) * MS
-        log(f"  {name} C-GET study: {t.files} files, {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = {t.mb_s:.0f} MB/s "
-            f"(server CPU {cpu_ms:.2f} ms/instance)")
-        res.put(name, "cget_s", t.wall)
-        res.put(name, "cget_mb_s", t.mb_s)
-        res.put(name, "cget_cpu_ms", cpu_ms)
+        t = measure.cget(srv, self.study, runs, self.tmp)
+        cpu_ms = (measure.cpu_seconds(srv.pid) - cpu0) / (runs * max(t.files, 1)) * MS
+        log(f"  {srv.name} C-GET study: {t.files} files, {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = "
+            f"{t.mb_s:.0f} MB/s (server CPU {cpu_ms:.2f} ms/instance)")
+        return {"cget_s": t.wall, "cget_mb_s": t.mb_s, "cget_cpu_ms": cpu_ms}
 
-    def scale_sample() -> None:
+    def scale_sample(self, srv: servers.Server) -> None:
+        name, small = srv.name, self.small
         n0 = measure.total_instances(srv)
         log(f"  {name} small-instance ingest: {small.n_sample:,} instances via {len(small.sample)} storescu ...")
-        wall, cpu, errors = measure.scale_load(srv, small.sample, log_dir=tmp)
+        wall, cpu, errors = measure.scale_load(srv, small.sample, log_dir=self.tmp)
         loaded = measure.total_instances(srv) - n0
-        res.put(name, "small_per_s", loaded / wall)
-        res.put(name, "small_cpu_ms", cpu / max(loaded, 1) * MS)
+        self.res.put(name, "small_per_s", loaded / wall)
+        self.res.put(name, "small_cpu_ms", cpu / max(loaded, 1) * MS)
         log(f"  {name} small-instance ingest: {loaded:,} in {wall:.1f} s = {loaded / wall:.0f} inst/s "
             f"(server CPU {cpu / max(loaded, 1) * MS:.1f} ms/instance)")
         if loaded != small.n_sample:
@@ -163,48 +172,85 @@ def run_suite(srv: servers.Server, ct: gen.DataSet, ct_after: gen.DataSet, small
         if errors:
             raise measure.BenchError("; ".join(errors))
 
-    def scale_bulk() -> None:
+    def scale_bulk(self, srv: servers.Server) -> None:
+        name, small, args = srv.name, self.small, self.args
         if not small.n_bulk:
             return
         n0 = measure.total_instances(srv)
         how = args.telerad_bulk if name == "telerad" else "storescu"
         log(f"  {name} bulk load: {small.n_bulk:,} small instances via 2 x {how} (progress every 30 s) ...")
         if how == "import":
-            wall, errors = measure.telerad_import(srv, small.bulk, tmp, timeout=args.scale_timeout)
+            wall, errors = measure.telerad_import(srv, small.bulk, self.tmp, timeout=args.scale_timeout)
         else:
-            wall, _cpu, errors = measure.scale_load(srv, small.bulk, log_dir=tmp, timeout=args.scale_timeout)
+            wall, _cpu, errors = measure.scale_load(srv, small.bulk, log_dir=self.tmp, timeout=args.scale_timeout)
         loaded = measure.total_instances(srv) - n0
-        res.put(name, "bulk_loaded", loaded)
-        res.put(name, "bulk_s", wall)
-        res.put(name, "bulk_per_s", loaded / wall)
-        res.info.setdefault(name, {})["bulk_method"] = how
+        self.res.put(name, "bulk_loaded", loaded)
+        self.res.put(name, "bulk_s", wall)
+        self.res.put(name, "bulk_per_s", loaded / wall)
+        self.res.info.setdefault(name, {})["bulk_method"] = how
         log(f"  {name} bulk load: {loaded:,} instances in {wall:.0f} s = {loaded / wall:.0f} inst/s; index now "
             f"{measure.total_instances(srv):,} instances")
         if errors:
             raise measure.BenchError("; ".join(errors))
 
-    def ingest_scale() -> None:
-        r = measure.ingest(srv, ct_after, log_dir=tmp)
-        log(f"  {name} ingest at scale: {r.instances} instances in {r.wall:.1f} s = {r.per_s:.1f} inst/s, "
-            f"{r.mb_s:.1f} MB/s")
-        res.put(name, "ingest_per_s_scale", r.per_s)
-        res.put(name, "ingest_mb_s_scale", r.mb_s)
-        if r.errors:
-            raise measure.BenchError("; ".join(r.errors))
 
-    log(f"{name}: empty-index measurements")
-    for label, fn in (("ingest", ingest_empty), ("QIDO", qido()), ("metadata", meta), ("frames", frames),
-                      ("WADO-RS", wado), ("C-FIND", cfind), ("C-GET", cget)):
-        step(res, name, label, fn)
-    if small.n_sample or small.n_bulk:
-        log(f"{name}: scale")
-        if small.n_sample:
-            step(res, name, "small-instance ingest", scale_sample)
-        step(res, name, "bulk load", scale_bulk)
-        step(res, name, "QIDO at scale", qido("_scale"))
-        step(res, name, "ingest at scale", ingest_scale)
-    res.info.setdefault(name, {})["storage_mb"] = round(srv.storage_bytes() / 1e6)
-    return srv
+EMPTY = "telerad-empty"  # the scale phase's empty telerad (run_paired)
+
+
+def settle(_name: str, _rnd: int) -> None:
+    """Before each ingest: write back what the previous one left dirty in the page cache (Orthanc writes
+    without fsync), so that its write-back does not land in the next server's measurement."""
+    os.sync()
+    time.sleep(1.0)
+
+
+def run_paired(srvs: dict[str, servers.Server], suite: Suite, args: argparse.Namespace, res: Results) -> None:
+    """Every measurement in paired rounds on the running servers (paired.py), then the scale phase.
+
+    For the scale phase an *empty* telerad joins (``EMPTY``, added to ``srvs``): it holds the first CT data set
+    and gets the same at-scale ingest, and its QIDO and ingest are measured in the same rounds as the loaded
+    servers', so that telerad's "at scale against empty" is a ratio of figures taken minutes, not a quarter
+    of an hour, apart (the VM's drift put 1.89x on it in one run and 0.78x in the next)."""
+    names = list(srvs)
+
+    def rounds_of(label: str, rounds: int, fn: Callable[[servers.Server, int], dict[str, float]],
+                  before: Callable[[str, int], None] | None = None, names: list[str] = names) -> None:
+        log(f"{label}: {rounds} round(s), {' / '.join(names)} alternating")
+
+        def on_error(name: str, rnd: int, exc: BaseException) -> None:
+            res.fail(name, f"{label} (round {rnd + 1})", exc)
+
+        paired.run_rounds(names, rounds, lambda n, r: fn(srvs[n], r), res.rounds, on_error, before)
+
+    rounds_of("ingest", args.ingest_rounds, suite.ingest, settle)
+    rounds_of("QIDO", args.rounds, suite.qido)
+    rounds_of("metadata", args.rounds, suite.metadata)
+    rounds_of("frames", args.rounds, suite.frames)
+    rounds_of("WADO-RS", args.rounds, suite.wado)
+    rounds_of("C-FIND", args.rounds, suite.cfind)
+    rounds_of("C-GET", args.rounds, suite.cget)
+    if suite.small.n_sample or suite.small.n_bulk:
+        for name in names:
+            if suite.small.n_sample:
+                step(res, name, "small-instance ingest", functools.partial(suite.scale_sample, srvs[name]))
+        for name in names:
+            step(res, name, "bulk load", functools.partial(suite.scale_bulk, srvs[name]))
+        scale_names = names
+        if "telerad" in srvs and args.empty_baseline:
+            log("starting an empty telerad, the baseline of telerad's at-scale figures ...")
+            srvs[EMPTY] = servers.start_telerad(suite.tmp / EMPTY)
+            srvs[EMPTY].name = EMPTY
+            step(res, EMPTY, "ingest", functools.partial(suite.ingest, srvs[EMPTY], 0))
+            scale_names = [*names, EMPTY]
+        rounds_of("QIDO at scale", args.rounds, suite.qido_scale, names=scale_names)
+        rounds_of("ingest at scale", args.ingest_rounds, suite.ingest_scale, settle, names=scale_names)
+    for key, by_server in res.rounds.values.items():
+        for name in by_server:
+            res.put(name, key, res.rounds.median(key, name))
+        if {"orthanc", "telerad"} <= set(by_server):
+            res.put("telerad", key + ":ratio", res.rounds.median_ratio(key, "telerad", "orthanc"))
+        if {EMPTY, "telerad"} <= set(by_server):
+            res.put("telerad", key + ":vs_empty", res.rounds.median_ratio(key, "telerad", EMPTY))
 
 
 def profile_telerad(srv: servers.Server, data: gen.DataSet, seconds: int, out: Path) -> str:
@@ -231,9 +277,8 @@ def profile_telerad(srv: servers.Server, data: gen.DataSet, seconds: int, out: P
 # ---------------------------------------------------------------------------------------------- report
 ROWS: list[tuple[str, str, str, str, float | None]] = [
     # key, label, unit, better ("hi"/"lo"), goal ratio telerad/Orthanc
-    ("ingest_per_s_rounds", "Ingest CT, 2 x storescu, median of the alternating rounds", "inst/s", "hi", 1.5),
-    ("ingest_per_s", "Ingest CT, 2 x storescu (the suite's own round)", "inst/s", "hi", 1.5),
-    ("ingest_mb_s", "Ingest CT, 2 x storescu (the suite's own round)", "MB/s", "hi", 1.5),
+    ("ingest_per_s", "Ingest CT, 2 x storescu", "inst/s", "hi", 1.5),
+    ("ingest_mb_s", "Ingest CT, 2 x storescu", "MB/s", "hi", None),
     ("ingest_cpu_ms", "Ingest CT: server CPU per instance", "ms", "lo", None),
     ("ingest_client_cpu_ms", "Ingest CT: the 2 storescu's CPU per instance", "ms", "lo", None),
     ("qido_p50", "QIDO-RS studies?PatientID=", "p50 ms", "lo", None),
@@ -255,9 +300,8 @@ ROWS: list[tuple[str, str, str, str, float | None]] = [
     ("qido_p50_scale", "QIDO-RS at scale", "p50 ms", "lo", None),
     ("qido_p95_scale", "QIDO-RS at scale", "p95 ms", "lo", 1.0),
     ("ingest_per_s_scale", "Ingest CT at scale, 2 x storescu", "inst/s", "hi", 1.5),
+    ("ingest_per_s_fresh", "Ingest CT into fresh servers (--fresh-rounds)", "inst/s", "hi", None),
 ]
-# The suite's own ingest round, judged against the goal only when the alternating rounds did not run.
-JUDGED_BY_ROUNDS = frozenset({"ingest_per_s", "ingest_mb_s"})
 
 
 def fmt(v: float | None, ran: bool = True) -> str:
@@ -287,14 +331,15 @@ def table(res: Results, sizes: dict[str, Any]) -> str:
         if a is None and b is None and key not in res.values.get(o, {}) and key not in res.values.get(t, {}):
             continue
         ratio = res.get(t, key + ":ratio") or (b / a if a and b is not None else None)  # a median of ratios
-        if key in JUDGED_BY_ROUNDS and res.get(t, "ingest_per_s_rounds") is not None:
-            goal = None  # one round: the goal is judged on the rounds' median (the row above)
         lines.append(f"| {label} | {unit} | {fmt(a, o in res.info)} | {fmt(b, t in res.info)} | "
                      f"{fmt(ratio) + 'x' if ratio else '-'} | "
                      f"{verdict(ratio, better, goal)} |")
     # at scale vs empty, per server
-    lines += ["", f"At scale (~{sizes['scale']:,} extra instances) vs empty index, per server "
-              "(goal for telerad: no more than 1.5x slower):", "",
+    baseline = ("telerad: median of per-round ratios to an empty telerad measured in the same rounds; "
+                if res.get(t, "qido_p50_scale:vs_empty") else "")
+    lines += ["", f"At scale (~{sizes['scale']:,} extra instances) vs empty index, per server ({baseline}"
+              "Orthanc: its at-scale figures over its empty-index ones; goal for telerad: no more than 1.5x "
+              "slower):", "",
               "| Measure | Orthanc scale/empty | telerad scale/empty | telerad goal |", "|---|---:|---:|---|"]
     for label, k_empty, k_scale, slower in (
         ("QIDO p50 latency", "qido_p50", "qido_p50_scale", "lat"),
@@ -304,7 +349,10 @@ def table(res: Results, sizes: dict[str, Any]) -> str:
         cells: list[float | None] = []
         for srv in (o, t):
             e, s = res.get(srv, k_empty), res.get(srv, k_scale)
-            if e and s:
+            paired_ratio = res.get(srv, k_scale + ":vs_empty")  # against the empty telerad, same rounds
+            if paired_ratio:
+                cells.append(paired_ratio if slower == "lat" else 1 / paired_ratio)
+            elif e and s:
                 cells.append(s / e if slower == "lat" else e / s)
             else:
                 cells.append(None)
@@ -315,6 +363,31 @@ def table(res: Results, sizes: dict[str, Any]) -> str:
         f"{srv} {int(res.get(srv, 'bulk_loaded') or 0):,} instances in {fmt(res.get(srv, 'bulk_s'))} s "
         f"via 2 x {res.info.get(srv, {}).get('bulk_method', '?')}"
         for srv in (o, t) if res.get(srv, "bulk_s") is not None)]
+    return "\n".join(lines)
+
+
+def rounds_table(res: Results) -> str:
+    """Each goal's figure round by round: the spread the medians above come from."""
+    o, t = "orthanc", "telerad"
+    lines = ["Paired rounds (both servers running; each round measures one then the other, the order rotating; "
+             "the ratios above are medians of these per-round ratios):", "",
+             "| Measure | Unit | Orthanc per round | telerad per round | telerad/Orthanc per round |",
+             "|---|---|---|---|---|"]
+    for key, label, unit, _better, goal in ROWS:
+        if goal is None or key not in res.rounds.values:
+            continue
+        cells = []
+        for srv in (o, t):
+            col = res.rounds.values[key].get(srv, [])
+            cells.append(", ".join(fmt(v) if v is not None else "FAILED" for v in col) or "-")
+        ratios = res.rounds.ratios(key, t, o)
+        lines.append(f"| {label} | {unit} | {cells[0]} | {cells[1]} | "
+                     f"{', '.join(f'{r:.2f}' for r in ratios) or '-'} |")
+        if EMPTY in res.rounds.values[key]:
+            empty = ", ".join(fmt(v) if v is not None else "FAILED" for v in res.rounds.values[key][EMPTY])
+            ratios = res.rounds.ratios(key, t, EMPTY)
+            lines.append(f"| ... the empty telerad, same rounds | {unit} | | {empty} | telerad/empty: "
+                         f"{', '.join(f'{r:.2f}' for r in ratios) or '-'} |")
     return "\n".join(lines)
 
 
@@ -338,7 +411,7 @@ def reference_table(res: Results, ref: Reference) -> str:
 
 def floor_table(res: Results, f: IngestFloor) -> str:
     """The ingest goal next to what transport and the mandated durable steps allow (bench/ingest_floor.py)."""
-    rate = res.get("orthanc", "ingest_per_s_rounds") or res.get("orthanc", "ingest_per_s")
+    rate = res.get("orthanc", "ingest_per_s")
     how = "direct" if f.direct_write else "buffered"
     lines = ["Ingest floor, same run (bench/ingest_floor.py): each sender's cycle is at least its transfer plus "
              "the durable steps; parsing and indexing come on top.", "",
@@ -427,8 +500,16 @@ def main() -> int:
     ap.add_argument("--after-instances", type=int, default=500, help="CT instances ingested at scale")
     ap.add_argument("--qido-requests", type=int, default=200)
     ap.add_argument("--metadata-requests", type=int, default=20)
-    ap.add_argument("--ingest-rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="paired rounds of each retrieval measurement (QIDO, metadata, frames, WADO-RS, C-FIND, "
+                         "C-GET, QIDO at scale), the servers alternating; ratios are medians of per-round ratios")
+    ap.add_argument("--ingest-rounds", type=int, default=5,
+                    help="paired rounds of CT ingest, empty and at scale, each round a new copy of the data")
+    ap.add_argument("--fresh-rounds", type=int, default=0,
                     help="after the suite, CT ingest into fresh servers in this many alternating rounds (0: none)")
+    ap.add_argument("--empty-baseline", type=int, choices=(0, 1), default=1,
+                    help="1: telerad's at-scale figures are compared with an empty telerad measured in the same "
+                         "rounds; 0: with its own empty-index figures from the start of the run")
     ap.add_argument("--wado-runs", type=int, default=3)
     ap.add_argument("--cfind-runs", type=int, default=50)
     ap.add_argument("--cget-runs", type=int, default=3)
@@ -468,11 +549,16 @@ def main() -> int:
     # ---- data, generated once
     studies = max(1, args.studies)
     slices = max(1, args.instances // studies)
-    log(f"generating {studies} CT studies x {slices} slices ({args.size}x{args.size} 16-bit) ...")
+    args.rounds, args.ingest_rounds = max(1, args.rounds), max(1, args.ingest_rounds)
+    log(f"generating {studies} CT studies x {slices} slices ({args.size}x{args.size} 16-bit) "
+        f"and {args.ingest_rounds - 1} copies with new UIDs ...")
     ct = gen.make_ct(tmp / "data" / "ct", studies, slices, size=args.size)
+    cts = [ct] + [gen.clone(ct, tmp / "data" / f"ct-{r}", patient_prefix=f"BENCHE{r}")
+                  for r in range(1, args.ingest_rounds)]
     need = max(1, math.ceil(args.after_instances / slices))
     ct_after_src = gen.DataSet(ct.root, ct.studies[:need], ct.groups)
-    ct_after = gen.clone(ct_after_src, tmp / "data" / "ct-after", patient_prefix="BENCHAF")
+    cts_after = [gen.clone(ct_after_src, tmp / "data" / f"ct-after-{r}", patient_prefix=f"BENCHA{r}")
+                 for r in range(args.ingest_rounds)] if args.scale_instances > 0 else []
     small = Small([], 0, [], 0)
     if args.scale_instances > 0:
         log(f"generating {args.scale_instances:,} small instances ...")
@@ -484,8 +570,10 @@ def main() -> int:
         bulk = (gen.make_small(tmp / "data" / "small-bulk", n_bulk, per_study=per, first_study=first_bulk)
                 if n_bulk else [])
         small = Small(sample, n_sample, bulk, n_bulk)
-    log(f"data ready: {ct.n_instances} CT ({ct.n_bytes / 1e6:.0f} MB), {ct_after.n_instances} CT for the "
-        f"at-scale ingest, {args.scale_instances:,} small ({time.monotonic() - t_start:.0f} s)")
+    after_n = cts_after[0].n_instances if cts_after else 0
+    log(f"data ready: {args.ingest_rounds} x {ct.n_instances} CT ({ct.n_bytes / 1e6:.0f} MB each), "
+        f"{args.ingest_rounds} x {after_n} CT for the at-scale ingest, {args.scale_instances:,} small "
+        f"({time.monotonic() - t_start:.0f} s)")
 
     res = Results()
     profile = ""
@@ -495,59 +583,57 @@ def main() -> int:
     except RuntimeError:
         pass
     sizes = {"instances": ct.n_instances, "studies": studies, "slices": slices, "scale": args.scale_instances,
-             "after": ct_after.n_instances}
+             "after": after_n}
 
-    quiet_budget = args.quiet_wait * 60
-    for name in which:
-        waited = wait_quiet(args.quiet_load, quiet_budget)
-        quiet_budget -= waited
-        srv = None
-        sampler = measure.Sampler()
-        sampler.start()
-        t0 = time.monotonic()
-        try:
+    wait_quiet(args.quiet_load, args.quiet_wait * 60)
+    srvs: dict[str, servers.Server] = {}
+    sampler = measure.Sampler()
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        for name in which:
             log(f"starting {name} ...")
             if name == "orthanc":
-                srv = servers.start_orthanc(tmp / "orthanc")
+                srvs[name] = servers.start_orthanc(tmp / "orthanc")
             elif name == "telerad":
-                srv = servers.start_telerad(tmp / "telerad")
+                srvs[name] = servers.start_telerad(tmp / "telerad")
             else:
                 raise SystemExit(f"unknown server {name}")
-            run_suite(srv, ct, ct_after, small, args, res, tmp)
-            if name == "telerad" and args.profile_seconds > 0:
-                log(f"profiling telerad serve with py-spy for {args.profile_seconds} s during CT ingest ...")
-                profile = profile_telerad(srv, ct, args.profile_seconds, tmp / "profile")
-                raw = tmp / "profile" / "telerad-ingest-profile.txt"
-                if raw.exists():
-                    shutil.copy(raw, args.out / f"telerad-ingest-profile-{started:%Y%m%d-%H%M}.txt")
-        except Exception as exc:  # noqa: BLE001
-            res.fail(name, "server", exc)
-        finally:
-            if srv is not None:
-                if srv.proc is not None and srv.proc.poll() is not None:
-                    res.fail(name, "server", RuntimeError(f"server process exited early (rc "
-                                                          f"{srv.proc.returncode}); log tail:\n{srv.log_tail()}"))
-                srv.stop()
-                shutil.copy(srv.log_path, args.out / f"{name}-{started:%Y%m%d-%H%M}.log") if srv.log_path else None
-            sampler.stop.set()
-            loads = sampler.loads
-            res.info.setdefault(name, {}).update({
-                "phase_s": round(time.monotonic() - t0),
-                "load_avg_max": round(max(loads), 2) if loads else None,
-            })
-            log(f"{name} done in {time.monotonic() - t0:.0f} s")
+        run_paired(srvs, Suite(cts, cts_after, small, args, res, tmp), args, res)
+        if "telerad" in srvs and args.profile_seconds > 0:
+            log(f"profiling telerad serve with py-spy for {args.profile_seconds} s during CT ingest ...")
+            profile = profile_telerad(srvs["telerad"], ct, args.profile_seconds, tmp / "profile")
+            raw = tmp / "profile" / "telerad-ingest-profile.txt"
+            if raw.exists():
+                shutil.copy(raw, args.out / f"telerad-ingest-profile-{started:%Y%m%d-%H%M}.txt")
+    except Exception as exc:  # noqa: BLE001
+        res.fail(",".join(srvs) or "servers", "server", exc)
+    finally:
+        for name, srv in srvs.items():
+            if srv.proc is not None and srv.proc.poll() is not None:
+                res.fail(name, "server", RuntimeError(f"server process exited early (rc "
+                                                      f"{srv.proc.returncode}); log tail:\n{srv.log_tail()}"))
+            srv.stop()
+            if srv.log_path:
+                shutil.copy(srv.log_path, args.out / f"{name}-{started:%Y%m%d-%H%M}.log")
+        sampler.stop.set()
+        loads = sampler.loads
+        res.info["servers"] = {"phase_s": round(time.monotonic() - t0),
+                               "load_avg_max": round(max(loads), 2) if loads else None}
+        for name in srvs:
+            res.info.setdefault(name, {})
+        log(f"paired phase done in {time.monotonic() - t0:.0f} s")
 
-    # ---- CT ingest again, into fresh servers in alternating rounds: one round per server says little on a host
-    # whose speed drifts over minutes; the median of per-round ratios is the figure the goal is judged on
+    # ---- optionally, CT ingest again into fresh servers in alternating rounds (as bench/ingest_ab.py)
     ingest_rounds = None
-    if args.ingest_rounds > 0 and {"orthanc", "telerad"} <= set(which):
-        log(f"CT ingest in {args.ingest_rounds} alternating rounds, fresh servers ...")
+    if args.fresh_rounds > 0 and {"orthanc", "telerad"} <= set(which):
+        log(f"CT ingest in {args.fresh_rounds} alternating rounds, fresh servers ...")
         try:
-            ingest_rounds = rounds.alternate(ct, args.ingest_rounds, {"telerad": dict(servers.TELERAD_SETTINGS)},
+            ingest_rounds = rounds.alternate(ct, args.fresh_rounds, {"telerad": dict(servers.TELERAD_SETTINGS)},
                                              tmp / "rounds", log)
             for n in ("orthanc", "telerad"):
-                res.put(n, "ingest_per_s_rounds", statistics.median(ingest_rounds.rates(n)))
-            res.put("telerad", "ingest_per_s_rounds:ratio", ingest_rounds.median_ratio("telerad"))
+                res.put(n, "ingest_per_s_fresh", statistics.median(ingest_rounds.rates(n)))
+            res.put("telerad", "ingest_per_s_fresh:ratio", ingest_rounds.median_ratio("telerad"))
         except Exception as exc:  # noqa: BLE001
             res.fail("rounds", "ingest rounds", exc)
 
@@ -586,14 +672,17 @@ def main() -> int:
         f"16-bit, {ct.n_bytes / 1e6:.0f} MB); scale: {args.scale_instances:,} instances of 16x16 8-bit "
         f"({args.scale_per_study} per study; {small.n_sample:,} of them sent with 2 x storescu to both, the rest "
         f"bulk-loaded: Orthanc 2 x storescu, telerad 2 x `telerad {args.telerad_bulk}`); "
-        f"at-scale ingest: {ct_after.n_instances} CT instances",
+        f"at-scale ingest: {after_n} CT instances per round",
         "- telerad settings: " + (", ".join(f"`{k}={v}`" for k, v in servers.TELERAD_SETTINGS.items())
                                   or "defaults"),
-        f"- Runs: QIDO {args.qido_requests} requests, metadata {args.metadata_requests}, frames "
-        f"{slices} (one per instance of a series), WADO-RS {args.wado_runs}, C-FIND {args.cfind_runs}, "
-        f"C-GET {args.cget_runs}; TCP_NODELAY={args.tcp_nodelay}; total wall time {total / 60:.1f} min",
-        "- Phases: " + "; ".join(f"{k} {v.get('phase_s')} s (max 1-min load average {v.get('load_avg_max')})"
-                                 for k, v in res.info.items()),
+        f"- Runs: both servers up at once, each measurement in paired rounds (the servers alternating, the "
+        f"order rotating): ingest {args.ingest_rounds} rounds (empty and at scale, a new copy of the data "
+        f"each), the rest {args.rounds} rounds of: QIDO {args.qido_requests} requests, metadata "
+        f"{args.metadata_requests}, frames {slices} (one per instance of a series), WADO-RS {args.wado_runs}, "
+        f"C-FIND {args.cfind_runs}, C-GET {args.cget_runs}; TCP_NODELAY={args.tcp_nodelay}; total wall time "
+        f"{total / 60:.1f} min",
+        f"- Paired phase: {res.info.get('servers', {}).get('phase_s')} s, max 1-min load average "
+        f"{res.info.get('servers', {}).get('load_avg_max')}",
         "",
     ]
     body = table(res, sizes)
@@ -601,8 +690,9 @@ def main() -> int:
         body += "\n\n" + reference_table(res, reference)
     if floor is not None:
         body += "\n\n" + floor_table(res, floor)
+    body += "\n\n" + rounds_table(res)
     if ingest_rounds is not None:
-        body += (f"\n\nCT ingest in {args.ingest_rounds} alternating rounds (fresh servers, order rotating):\n\n"
+        body += (f"\n\nCT ingest in {args.fresh_rounds} alternating rounds (fresh servers, order rotating):\n\n"
                  + ingest_rounds.table())
     budget = ingest_budget(res)
     if budget:
