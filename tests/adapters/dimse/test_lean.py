@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
 from sqlalchemy import func, select
@@ -75,8 +76,8 @@ def test_store_only_association_is_served_on_the_lean_path(ctx: Context, dimse: 
     assert _stored(ctx) == [ds.SOPInstanceUID]
 
 
-def test_association_that_also_queries_goes_to_pynetdicom(ctx: Context, dimse: DimseServer, gh_node: str) -> None:
-    assoc = _associate(ctx, CTImageStorage, StudyRootQueryRetrieveInformationModelFind)
+def test_association_that_also_moves_goes_to_pynetdicom(ctx: Context, dimse: DimseServer, gh_node: str) -> None:
+    assoc = _associate(ctx, CTImageStorage, StudyRootQueryRetrieveInformationModelMove)
     ds = _ct(32)[0]
     assert assoc.send_c_store(ds).Status == 0x0000  # type: ignore[attr-defined]
     assoc.release()  # type: ignore[attr-defined]
@@ -89,7 +90,7 @@ def test_an_object_resent_over_the_other_path_is_a_duplicate(ctx: Context, dimse
     """Both paths build the same Part 10 bytes (adapters/dimse/filemeta.py): the same object sent on the lean
     path and then on pynetdicom's is one instance, one blob, no conflict."""
     ds = _ct(32)[0]
-    for contexts in ((CTImageStorage,), (CTImageStorage, StudyRootQueryRetrieveInformationModelFind)):
+    for contexts in ((CTImageStorage,), (CTImageStorage, StudyRootQueryRetrieveInformationModelMove)):
         assoc = _associate(ctx, *contexts)
         assert assoc.send_c_store(ds).Status == 0x0000  # type: ignore[attr-defined]
         assoc.release()  # type: ignore[attr-defined]
@@ -438,7 +439,7 @@ def test_lean_and_pynetdicom_associations_share_one_limit(ctx: Context, dimse: D
     dimse.ae.maximum_associations = 1
     _associated(raw)  # a lean association holds the only slot
     ae = AE(ae_title=GH_AE)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)  # served by pynetdicom
     assoc = ae.associate("127.0.0.1", ctx.settings.dicom_port, ae_title=ctx.settings.ae_title)
     assert assoc.is_rejected
     assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.result_source,
@@ -513,6 +514,108 @@ def test_store_request_without_an_affected_sop_instance_uid_is_refused(ctx: Cont
     assert _stored(ctx) == []
     raw.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
     assert _read_pdu(raw)[0] == 0x06  # A-RELEASE-RP
+
+
+# -- C-FIND (adapters/dimse/lean_find.py) ------------------------------------------------------------------
+FIND = StudyRootQueryRetrieveInformationModelFind
+
+
+def _find_identifier(**keys: str) -> Dataset:
+    ds = Dataset()
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _read_message(sock: socket.socket) -> tuple[Dataset, bytes | None]:
+    """The next DIMSE message from the server: its command set and its Data Set (None when it has none)."""
+    command, data = b"", b""
+    while True:
+        pdu_type, body = _read_pdu(sock)
+        assert pdu_type == 0x04, f"PDU type 0x{pdu_type:02X} instead of P-DATA-TF"
+        pos = 0
+        while pos < len(body):
+            length, _context, control = struct.unpack_from(">IBB", body, pos)
+            fragment = body[pos + 6:pos + 4 + length]
+            pos += 4 + length
+            if control & 1:
+                command += fragment
+                if control & 2:
+                    cmd = decode(BytesIO(command), True, True)
+                    if cmd.CommandDataSetType == 0x0101:
+                        return cmd, None
+            else:
+                data += fragment
+                if control & 2:
+                    return cmd, data
+
+
+def test_find_is_served_on_the_lean_path(ctx: Context, dimse: DimseServer, gh_node: str, site: object) -> None:
+    study = generate_uid()
+    for blob in ct_series(PATIENT, study, "ACC", 2, size=16):
+        assert store(ctx, site.id, blob, "fixture").ok  # type: ignore[attr-defined]
+    assoc = _associate(ctx, FIND)
+    responses = list(assoc.send_c_find(  # type: ignore[attr-defined]
+        _find_identifier(QueryRetrieveLevel="STUDY", PatientID=PATIENT[1], StudyInstanceUID="",
+                         NumberOfStudyRelatedInstances=""), FIND))
+    assoc.release()  # type: ignore[attr-defined]
+    assert dimse.lean is not None and dimse.lean.served == 1
+    assert [rsp.Status for rsp, _ in responses] == [0xFF00, 0x0000]
+    found = responses[0][1]
+    assert (found.StudyInstanceUID, found.NumberOfStudyRelatedInstances, found.QueryRetrieveLevel) == (study, 2,
+                                                                                                        "STUDY")
+    assert found.RetrieveAETitle == ctx.settings.ae_title
+
+
+def test_find_cancel_ends_the_query_and_later_requests_are_still_answered(ctx: Context, raw: socket.socket,
+                                                                         site: object) -> None:
+    """C-FIND-RQ, C-CANCEL-RQ and C-ECHO-RQ in one write: the cancel is found between matches (status FE00,
+    PS3.4 C.4.1.2.3) and the echo, read along with it, is answered afterwards rather than lost."""
+    study = generate_uid()
+    for blob in ct_series(PATIENT, study, "ACC", 3, size=16):
+        assert store(ctx, site.id, blob, "fixture").ok  # type: ignore[attr-defined]
+    raw.sendall(_rq(contexts=((FIND, ImplicitVRLittleEndian), (Verification, ImplicitVRLittleEndian))))
+    assert _read_pdu(raw)[0] == 0x02
+    identifier = bytes(encode(_find_identifier(QueryRetrieveLevel="IMAGE", StudyInstanceUID=study,
+                                               SOPInstanceUID=""), True, True))
+    raw.sendall(_pdv(1, 0x03, _command(AffectedSOPClassUID=FIND, CommandField=0x0020, MessageID=7, Priority=0,
+                                       CommandDataSetType=0x0000))
+                + _pdv(1, 0x02, identifier)
+                + _pdv(1, 0x03, _command(CommandField=0x0FFF, MessageIDBeingRespondedTo=7,
+                                         CommandDataSetType=0x0101))
+                + _pdv(3, 0x03, _command(AffectedSOPClassUID=Verification, CommandField=0x0030, MessageID=8,
+                                         CommandDataSetType=0x0101)))
+    final, data = _read_message(raw)
+    assert (final.CommandField, final.MessageIDBeingRespondedTo, final.Status, data) == (0x8020, 7, 0xFE00, None)
+    echo, _ = _read_message(raw)
+    assert (echo.CommandField, echo.MessageIDBeingRespondedTo, echo.Status) == (0x8030, 8, 0x0000)
+
+
+def test_malformed_find_identifier_is_refused_and_the_association_goes_on(ctx: Context,
+                                                                         raw: socket.socket) -> None:
+    raw.sendall(_rq(contexts=((FIND, ImplicitVRLittleEndian),)))
+    assert _read_pdu(raw)[0] == 0x02
+    raw.sendall(_pdv(1, 0x03, _command(AffectedSOPClassUID=FIND, CommandField=0x0020, MessageID=3, Priority=0,
+                                       CommandDataSetType=0x0000))
+                + _pdv(1, 0x02, b"\x08\x00\x52\x00\x10\x00\x00\x00STU"))  # value longer than the data
+    rsp, data = _read_message(raw)
+    assert (rsp.CommandField, rsp.Status, data) == (0x8020, 0xA900, None)
+    assert "Query/Retrieve Level STU is not one of" in rsp.ErrorComment  # what could be read of it
+    identifier = bytes(encode(_find_identifier(QueryRetrieveLevel="STUDY", PatientID="NOBODY"), True, True))
+    raw.sendall(_pdv(1, 0x03, _command(AffectedSOPClassUID=FIND, CommandField=0x0020, MessageID=4, Priority=0,
+                                       CommandDataSetType=0x0000)) + _pdv(1, 0x02, identifier))
+    rsp, _ = _read_message(raw)
+    assert (rsp.MessageIDBeingRespondedTo, rsp.Status) == (4, 0x0000)  # no match, a clean final response
+
+
+def test_find_context_without_little_endian_goes_to_pynetdicom(ctx: Context, dimse: DimseServer,
+                                                               raw: socket.socket) -> None:
+    """The lean path speaks little endian only outside storage; pynetdicom, which answered every C-FIND before,
+    still takes the association that proposes only Explicit VR Big Endian for C-FIND."""
+    accepted = _accept(raw, _rq(contexts=((FIND, "1.2.840.10008.1.2.2"),)))
+    [result] = accepted.presentation_context_definition_results_list
+    assert (result.result, str(result.transfer_syntax[0])) == (0x00, "1.2.840.10008.1.2.2")
+    assert dimse.lean is not None and dimse.lean.served == 0
 
 
 def test_empty_fragments_hold_no_memory() -> None:

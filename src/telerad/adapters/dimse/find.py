@@ -11,7 +11,7 @@ level of either model. A C-CANCEL ends the query with status Cancel (PS3.4 C.4.1
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +124,7 @@ def single_value(value: str) -> str:
     return "" if not value or any(c in value for c in "*?\\") else value[:64]
 
 
-def handle_find(event: Any, rt: Runtime) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+def handle_find(event: Any, rt: Runtime) -> Generator[tuple[int | Dataset, Dataset | None], None, None]:
     """C-FIND SCP: yield (Pending, Identifier) per match, then the final status (PS3.4 C.4.1.1.4).
 
     Each C-FIND of an admitted node is audited when it ends, whatever its outcome (PS3.15 A.5.3.13).

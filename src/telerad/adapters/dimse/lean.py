@@ -1,4 +1,4 @@
-"""The lean path: associations that store, echo or C-GET, served without pynetdicom's reactors.
+"""The lean path: associations that store, echo, C-FIND or C-GET, served without pynetdicom's reactors.
 
 Why: a sending modality or PACS opens an association, proposes Storage SOP Classes and sends C-STORE after
 C-STORE. pynetdicom runs two polling threads per association (1 ms sleeps), reads sockets 4 KB at a time and
@@ -8,10 +8,11 @@ hands the received Data Set to the same handler as before (:func:`.storage.handl
 :func:`telerad.archive.ingest.store`, the same audit counts) and answers on the same thread.
 
 Which associations: the listener peeks at the A-ASSOCIATE-RQ (``MSG_PEEK``, nothing consumed) and serves it
-here when no proposed abstract syntax needs pynetdicom's service classes (Q/R FIND and MOVE, Storage
-Commitment): sending modalities (Storage, Verification) and C-GET requestors (Q/R GET plus storage contexts
-with SCP/SCU Role Selection, PS3.7 D.3.3.4; the C-GET SCP is :mod:`.lean_get`). Everything else, TLS
-connections and anything unparsable go to pynetdicom untouched, with the request still unread.
+here when no proposed abstract syntax needs pynetdicom's service classes (Q/R MOVE, Storage Commitment):
+sending modalities (Storage, Verification), C-GET requestors (Q/R GET plus storage contexts with SCP/SCU Role
+Selection, PS3.7 D.3.3.4; the C-GET SCP is :mod:`.lean_get`) and querying workstations and PACS (Q/R FIND;
+:mod:`.lean_find`). Everything else, TLS connections and anything unparsable go to pynetdicom untouched, with
+the request still unread.
 
 Negotiation (PS3.8 9.3.2-9.3.4, 9.3.3.2) is the same as :mod:`.server`'s: application context
 ``1.2.840.10008.3.1.1.1`` or rejection (1, 1, 2); the calling AE title admitted by the node registry
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -50,6 +52,7 @@ from pynetdicom.presentation import PresentationContext
 from telerad.adapters.dimse import filemeta, ul
 from telerad.adapters.dimse.common import Runtime
 from telerad.adapters.dimse.common import status as _status
+from telerad.adapters.dimse.lean_find import serve_find
 from telerad.adapters.dimse.lean_get import serve_get
 from telerad.adapters.dimse.storage import handle_echo, handle_store
 from telerad.archive.errors import CANNOT_UNDERSTAND, OUT_OF_RESOURCES
@@ -60,16 +63,18 @@ VERIFICATION = "1.2.840.10008.1.1"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 STORAGE_SOP_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 GET_MODELS = frozenset({"1.2.840.10008.5.1.4.1.2.1.3", "1.2.840.10008.5.1.4.1.2.2.3"})  # Patient, Study Root
-SERVED = STORAGE_SOP_CLASSES | GET_MODELS | {VERIFICATION}
+FIND_MODELS = frozenset({"1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1"})  # Patient, Study Root
+SERVED = STORAGE_SOP_CLASSES | GET_MODELS | FIND_MODELS | {VERIFICATION}
 MAX_REQUEST_BYTES = 1 << 20  # an A-ASSOCIATE-RQ larger than this goes to pynetdicom (and its limits)
 # Announced as Maximum Length Received when ``dimse_max_pdu`` is 0 ("no limit", PS3.8 D.1): the lean path
 # reads a whole PDU into memory, so it always announces a bound it will hold to.
 LEAN_MAX_PDU = 16 << 20
 MAX_COMMAND_BYTES = 1 << 16  # a command set is a few hundred bytes; more is not a command set (PS3.7 E.1)
-# Verification and C-GET contexts: telerad encodes and decodes their Identifiers in little endian without
-# deflate, so only these two are accepted there (PS3.5 10.1, A.1, A.2). Storage keeps every syntax it stores.
+# Verification, C-GET and C-FIND contexts: telerad encodes and decodes their Identifiers in little endian
+# without deflate, so only these two are accepted there (PS3.5 10.1, A.1, A.2). Storage keeps every syntax it
+# stores. (A C-FIND context proposing neither goes to pynetdicom, which served every C-FIND before.)
 COMMAND_SYNTAXES = frozenset({str(ImplicitVRLittleEndian), str(ExplicitVRLittleEndian)})
-C_STORE_RQ, C_GET_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0010, 0x0030, 0x0FFF
+C_STORE_RQ, C_GET_RQ, C_FIND_RQ, C_ECHO_RQ, C_CANCEL_RQ = 0x0001, 0x0010, 0x0020, 0x0030, 0x0FFF
 UNRECOGNISED_OPERATION = 0x0211  # PS3.7 C.5.7
 SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.8
 _SEND_BATCH = 1 << 20  # bytes of P-DATA-TF PDUs handed to one gathering write
@@ -121,11 +126,15 @@ def peek_request(sock: socket.socket, timeout: float, elsewhere: frozenset[str])
 
 
 def servable(request: A_ASSOCIATE, elsewhere: frozenset[str]) -> bool:
-    """No proposed abstract syntax is one that only pynetdicom serves (``elsewhere``: Q/R FIND and MOVE,
-    Storage Commitment). Store-only and C-GET associations qualify; abstract syntaxes telerad does not support
-    at all (DCMTK tools propose retired storage classes) are rejected per context on either path."""
+    """No proposed abstract syntax is one that only pynetdicom serves (``elsewhere``: Q/R MOVE, Storage
+    Commitment), and every proposed C-FIND context offers a little endian transfer syntax. Storage, C-GET and
+    C-FIND associations qualify; abstract syntaxes telerad does not support at all (DCMTK tools propose retired
+    storage classes) are rejected per context on either path."""
     contexts = request.presentation_context_definition_list
-    return bool(contexts) and not any(str(cx.abstract_syntax) in elsewhere for cx in contexts)
+    return bool(contexts) and not any(
+        str(cx.abstract_syntax) in elsewhere
+        or (str(cx.abstract_syntax) in FIND_MODELS and not any(str(t) in COMMAND_SYNTAXES for t in cx.transfer_syntax))
+        for cx in contexts)
 
 
 def negotiate(proposed: list[PresentationContext], storage_syntaxes: frozenset[str]) -> list[PresentationContext]:
@@ -351,20 +360,37 @@ class LeanAssociation:
     def next_message(self) -> Message:
         """The next complete DIMSE message from the peer; :class:`Ended` when it releases or aborts."""
         while not self._messages:
-            pdu_type, body = ul.read_pdu(self.sock, self.max_pdu)
-            if pdu_type == ul.P_DATA_TF:
-                for context_id, control, fragment in ul.pdvs(body):
-                    self._pdv(context_id, control, fragment)
-            elif pdu_type == ul.RELEASE_RQ:
-                if self._pending is not None or self._command_parts:
-                    raise ul.ProtocolError(ul.UNEXPECTED_PDU, "A-RELEASE-RQ inside a DIMSE message")
-                self.sock.sendall(ul.RELEASE_RP_PDU)
-                raise Ended("released")
-            elif pdu_type == ul.ABORT_RQ:
-                raise Ended("aborted by the peer")
-            else:
-                raise ul.ProtocolError(ul.UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
+            self._read_pdu()
         return self._messages.popleft()
+
+    def cancel_requested(self, message_id: int) -> bool:
+        """Whether a C-CANCEL-RQ for request ``message_id`` has arrived (PS3.7 9.3.2.3), looked for without
+        waiting: PDUs already readable are read, and the messages other than that C-CANCEL-RQ stay queued, in
+        order, for :meth:`next_message`."""
+        while select.select([self.sock], [], [], 0)[0]:
+            self._read_pdu()
+        for message in self._messages:
+            if (ul.command_us(message.command, ul.COMMAND_FIELD) == C_CANCEL_RQ
+                    and ul.command_us(message.command, ul.MESSAGE_ID_BEING_RESPONDED_TO) == message_id):
+                self._messages.remove(message)
+                return True
+        return False
+
+    def _read_pdu(self) -> None:
+        """Read one PDU: a P-DATA-TF's fragments join the messages; a release or abort ends the association."""
+        pdu_type, body = ul.read_pdu(self.sock, self.max_pdu)
+        if pdu_type == ul.P_DATA_TF:
+            for context_id, control, fragment in ul.pdvs(body):
+                self._pdv(context_id, control, fragment)
+        elif pdu_type == ul.RELEASE_RQ:
+            if self._pending is not None or self._command_parts:
+                raise ul.ProtocolError(ul.UNEXPECTED_PDU, "A-RELEASE-RQ inside a DIMSE message")
+            self.sock.sendall(ul.RELEASE_RP_PDU)
+            raise Ended("released")
+        elif pdu_type == ul.ABORT_RQ:
+            raise Ended("aborted by the peer")
+        else:
+            raise ul.ProtocolError(ul.UNEXPECTED_PDU, f"unexpected PDU type 0x{pdu_type:02X}")
 
     def _pdv(self, context_id: int, control: int, fragment: memoryview) -> None:
         if context_id not in self.accepted:
@@ -423,6 +449,9 @@ class LeanAssociation:
             return
         if field == C_GET_RQ and message.parts is not None and abstract in GET_MODELS:
             serve_get(self, message, message_id, abstract, transfer_syntax)
+            return
+        if field == C_FIND_RQ and message.parts is not None and abstract in FIND_MODELS:
+            serve_find(self, message, message_id, abstract, transfer_syntax)
             return
         if field != C_STORE_RQ or message.parts is None or abstract not in STORAGE_SOP_CLASSES:
             self.respond(context_id, field, message_id,
