@@ -555,7 +555,8 @@ def main() -> int:
     ct = gen.make_ct(tmp / "data" / "ct", studies, slices, size=args.size)
     cts = [ct] + [gen.clone(ct, tmp / "data" / f"ct-{r}", patient_prefix=f"BENCHE{r}")
                   for r in range(1, args.ingest_rounds)]
-    need = max(1, math.ceil(args.after_instances / slices))
+    # at least one study per sender folder: storescu fails on an empty one
+    need = min(len(ct.studies), max(len(ct.groups), math.ceil(args.after_instances / slices)))
     ct_after_src = gen.DataSet(ct.root, ct.studies[:need], ct.groups)
     cts_after = [gen.clone(ct_after_src, tmp / "data" / f"ct-after-{r}", patient_prefix=f"BENCHA{r}")
                  for r in range(args.ingest_rounds)] if args.scale_instances > 0 else []
