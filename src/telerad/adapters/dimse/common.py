@@ -8,6 +8,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from telerad.adapters.dimse import ul
 from telerad.adapters.dimse.audit import DimseAudit, Peer
 from telerad.adapters.dimse.auth import TenantAE, calling_ae_of
 from telerad.context import Context
@@ -47,6 +48,18 @@ def status(code: int, comment: str = "") -> Dataset:
     if comment:
         ds.ErrorComment = _lo(comment)
     return ds
+
+
+def status_elements(code: int | Dataset) -> dict[int, int | str]:
+    """A handler's status (a code, or a dataset from :func:`status`) as the Status (0000,0900) and Error Comment
+    (0000,0902) elements of a response command set (PS3.7 9.1, C.4), for the lean path's encoder."""
+    if not isinstance(code, Dataset):
+        return {ul.STATUS: int(code)}
+    elements: dict[int, int | str] = {ul.STATUS: int(code.Status)}
+    comment = code.get("ErrorComment")
+    if comment:
+        elements[ul.ERROR_COMMENT] = str(comment)
+    return elements
 
 
 def _lo(text: str) -> str:

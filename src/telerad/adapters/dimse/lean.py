@@ -50,7 +50,7 @@ from pynetdicom.pdu_primitives import (
 from pynetdicom.presentation import PresentationContext
 
 from telerad.adapters.dimse import filemeta, ul
-from telerad.adapters.dimse.common import Runtime
+from telerad.adapters.dimse.common import Runtime, status_elements
 from telerad.adapters.dimse.common import status as _status
 from telerad.adapters.dimse.lean_find import serve_find
 from telerad.adapters.dimse.lean_get import serve_get
@@ -455,7 +455,7 @@ class LeanAssociation:
             return
         if field != C_STORE_RQ or message.parts is None or abstract not in STORAGE_SOP_CLASSES:
             self.respond(context_id, field, message_id,
-                         _status_elements(_status(UNRECOGNISED_OPERATION, "not supported on this association")),
+                         status_elements(_status(UNRECOGNISED_OPERATION, "not supported on this association")),
                          sop_class=sop_class or abstract)
             return
         instance = ul.command_text(command, ul.AFFECTED_SOP_INSTANCE_UID)
@@ -470,7 +470,7 @@ class LeanAssociation:
         else:
             uids = (sop_class, instance, transfer_syntax)
             code = handle_store(LeanStoreEvent(self, (uids, message.parts)), self.rt)
-        self.respond(context_id, field, message_id, _status_elements(code), sop_class=sop_class, instance=instance)
+        self.respond(context_id, field, message_id, status_elements(code), sop_class=sop_class, instance=instance)
 
     def respond(self, context_id: int, field: int, message_id: int, elements: dict[int, int | str], *,
                 sop_class: str = "", instance: str = "", data_set: bytes | None = None) -> None:
@@ -521,13 +521,3 @@ def send_gathered(sock: socket.socket, buffers: list[bytes | memoryview]) -> Non
             first += 1
         if sent:
             views[first] = views[first][sent:]
-
-
-def _status_elements(code: int | Dataset) -> dict[int, int | str]:
-    if not isinstance(code, Dataset):
-        return {ul.STATUS: code}
-    elements: dict[int, int | str] = {ul.STATUS: int(code.Status)}
-    comment = code.get("ErrorComment")
-    if comment:
-        elements[ul.ERROR_COMMENT] = str(comment)
-    return elements

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import logging
 from io import BytesIO
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode, encode
 
-from telerad.adapters.dimse import ul
-from telerad.adapters.dimse.find import IDENTIFIER_DOES_NOT_MATCH, PENDING, PENDING_WARNING, handle_find
+from telerad.adapters.dimse.common import status, status_elements
+from telerad.adapters.dimse.find import (
+    IDENTIFIER_DOES_NOT_MATCH,
+    PENDING,
+    PENDING_WARNING,
+    UNABLE_TO_PROCESS,
+    handle_find,
+)
 
 if TYPE_CHECKING:
     from telerad.adapters.dimse.lean import LeanAssociation, Message
@@ -32,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 C_FIND_RQ = 0x0020
-UNABLE_TO_PROCESS = 0xC000
 
 
 class _Request:
@@ -58,38 +63,29 @@ def serve_find(assoc: LeanAssociation, message: Message, message_id: int, model:
     """Answer one C-FIND-RQ: Pending responses, then the final one (PS3.4 C.4.1.1.4)."""
     little_implicit = ts == ImplicitVRLittleEndian
 
-    def respond(code: int, comment: str = "", data_set: bytes | None = None) -> None:
-        elements: dict[int, int | str] = {ul.STATUS: code}
-        if comment:
-            elements[ul.ERROR_COMMENT] = comment[:64]
-        assoc.respond(message.context_id, C_FIND_RQ, message_id, elements, sop_class=model, data_set=data_set)
+    def respond(code: int | Dataset, data_set: bytes | None = None) -> None:
+        assoc.respond(message.context_id, C_FIND_RQ, message_id, status_elements(code), sop_class=model,
+                      data_set=data_set)
 
     try:
         identifier = decode(BytesIO(b"".join(message.parts or [])), little_implicit, True)
     except Exception as exc:
-        respond(IDENTIFIER_DOES_NOT_MATCH, f"cannot decode the Identifier: {exc}")
+        respond(status(IDENTIFIER_DOES_NOT_MATCH, f"cannot decode the Identifier: {exc}"))
         return
     answers = handle_find(LeanFindEvent(assoc, model, message_id, identifier), assoc.rt)
     try:
         for code, found in answers:
-            status, comment = _status(code)
-            if status not in (PENDING, PENDING_WARNING):
-                respond(status, comment)  # a failure or Cancel is the final response
+            if isinstance(code, Dataset) or code not in (PENDING, PENDING_WARNING):
+                respond(code)  # a failure or Cancel is the final response
                 return
             encoded = _encode(found, little_implicit)
             if encoded is None:
-                respond(UNABLE_TO_PROCESS, "cannot encode a matching Identifier")
+                respond(status(UNABLE_TO_PROCESS, "cannot encode a matching Identifier"))
                 return
-            respond(status, data_set=encoded)
+            respond(code, data_set=encoded)
         respond(0x0000)
     finally:
         answers.close()  # the handler's audit record is written when it ends, however it ends
-
-
-def _status(code: Any) -> tuple[int, str]:
-    if isinstance(code, Dataset):
-        return int(code.Status), str(code.get("ErrorComment", "") or "")
-    return int(code), ""
 
 
 def _encode(identifier: Dataset | None, little_implicit: bool) -> bytes | None:
