@@ -98,11 +98,11 @@ def test_frames_without_an_index_are_parsed(ctx, site):
     s = put(ctx, site.id, data)
     inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
     indexed = retrieve.frames(ctx, inst, [1, 2, 3]).parts
-    unindexed = retrieve.StoredInstance(**{**inst.__dict__, "frames_json": ""})
+    unindexed = inst._replace(frames_json="")
     assert retrieve.frames(ctx, unindexed, [1, 2, 3]).parts == indexed
     jpeg = put(ctx, site.id, sample_file("examples_ybr_color.dcm"))
     inst = retrieve.get_instance(ctx, site.id, jpeg.study, jpeg.series, jpeg.sop)
-    unindexed = retrieve.StoredInstance(**{**inst.__dict__, "frames_json": ""})
+    unindexed = inst._replace(frames_json="")
     assert retrieve.frames(ctx, unindexed, [30]).parts == retrieve.frames(ctx, inst, [30]).parts
 
 

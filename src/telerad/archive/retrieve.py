@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pydicom
@@ -22,6 +22,7 @@ from sqlalchemy import Select, bindparam, select
 
 from telerad.archive.parse import BASE_PLACEHOLDER
 from telerad.context import Context
+from telerad.db.compiled import CompiledCache
 from telerad.db.models import Instance, Series, Study
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -61,8 +62,10 @@ class FrameError(LookupError):
     """A frame number outside 1..NumberOfFrames, or an instance without frames."""
 
 
-@dataclass(frozen=True)
-class StoredInstance:
+class StoredInstance(NamedTuple):
+    """A stored instance as retrieval needs it: one per instance of a whole-study retrieve, so a tuple (made
+    in a fifth of the time of a frozen dataclass: ~0.2 ms of a 250-instance study's lookup)."""
+
     study_uid: str
     series_uid: str
     sop_uid: str
@@ -88,25 +91,53 @@ def instance_url(root: str, study: str, series: str, sop: str) -> str:
     return f"{root}/studies/{study}/series/{series}/instances/{sop}"
 
 
-def _scoped(query: _Q, site_id: int, study: str, series: str | None, sop: str | None) -> _Q:
+def _scoped(query: _Q, series: bool, sop: bool) -> _Q:
+    """``query`` limited to one study of a site (and one series, one instance), its values bound by name:
+    ``site``, ``study``, ``series``, ``sop``; in the order a viewer shows the instances."""
     q = (query.join(Series, Instance.series_fk == Series.id).join(Study, Series.study_fk == Study.id)
-         .where(Instance.site_id == site_id, Series.site_id == site_id, Study.site_id == site_id,
-                Study.study_uid == study))
-    if series is not None:
-        q = q.where(Series.series_uid == series)
-    if sop is not None:
-        q = q.where(Instance.sop_uid == sop)
+         .where(Instance.site_id == bindparam("site"), Series.site_id == bindparam("site"),
+                Study.site_id == bindparam("site"), Study.study_uid == bindparam("study")))
+    if series:
+        q = q.where(Series.series_uid == bindparam("series"))
+    if sop:
+        q = q.where(Instance.sop_uid == bindparam("sop"))
     return q.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+
+
+# The columns each use case reads; with the scope's shape, one statement each, compiled once per dialect.
+_COLUMNS = {
+    "instances": (Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
+                  Instance.transfer_syntax_uid, Instance.blob_key, Instance.size, Instance.number_of_frames),
+    "blobs": (Instance.blob_key,),
+    "metadata": (Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.metadata_json),
+}
+_BUILT: dict[tuple[str, bool, bool], Select] = {}  # type: ignore[type-arg]
+_COMPILED = CompiledCache()
+
+
+def _rows(ctx: Context, columns: str, site_id: int, study: str, series: str | None,
+          sop: str | None) -> list[Any]:
+    """The ``columns`` of the scoped instances, as tuples, run on the bare driver (:mod:`telerad.db.compiled`).
+
+    Why: built and run through the ORM each time, the lookup of a 250-instance study took ~2.3 ms, more than
+    half of what a whole-study WADO-RS request spends before its first byte (measured in process)."""
+    shape = (columns, series is not None, sop is not None)
+    stmt = _BUILT.get(shape)
+    if stmt is None:  # twelve shapes in all
+        stmt = _BUILT[shape] = _scoped(select(*_COLUMNS[columns]), series is not None, sop is not None)
+    values = {"site": site_id, "study": study, "series": series, "sop": sop}
+    compiled = _COMPILED.get(shape, stmt, ctx.db.engine.dialect)
+    if compiled is None:  # pragma: no cover - these statements have no value-dependent SQL
+        with ctx.db.engine.connect() as conn:
+            return list(conn.execute(stmt, values).all())
+    with ctx.db.dbapi_read() as cur:
+        return compiled.all(cur, values)
 
 
 def find_instances(ctx: Context, site_id: int, study: str, series: str | None = None,
                    sop: str | None = None) -> list[StoredInstance]:
     """Instances of a study, series or single instance (without their frame index). Raises NotFound."""
-    q = _scoped(select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
-                       Instance.transfer_syntax_uid, Instance.blob_key, Instance.size,
-                       Instance.number_of_frames), site_id, study, series, sop)
-    with ctx.db.session() as s:
-        rows = s.execute(q).all()
+    rows = _rows(ctx, "instances", site_id, study, series, sop)
     if not rows:
         raise NotFound(_what(study, series, sop))
     found = [StoredInstance(*row) for row in rows]
@@ -128,9 +159,7 @@ def get_instance(ctx: Context, site_id: int, study: str, series: str, sop: str) 
 def series_blobs(ctx: Context, site_id: int, study: str, series: str) -> list[str]:
     """The blob key of each instance of a series, in the order a viewer shows them: what the read-ahead
     (:mod:`telerad.storage.readahead`) reads once a viewer opened one of them."""
-    q = _scoped(select(Instance.blob_key), site_id, study, series, None)
-    with ctx.db.session() as s:
-        return list(s.scalars(q))
+    return [row[0] for row in _rows(ctx, "blobs", site_id, study, series, None)]
 
 
 def read_ahead(ctx: Context, site_id: int, keys: list[str]) -> None:
@@ -164,10 +193,7 @@ def metadata(ctx: Context, site_id: int, root: str, study: str, series: str | No
 
     BulkDataURIs carry a placeholder at ingest; it becomes the instance's WADO-RS URL under ``root``.
     """
-    q = _scoped(select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.metadata_json),
-                site_id, study, series, sop)
-    with ctx.db.engine.connect() as conn:  # rows of strings: no ORM result processing for a 250-slice study
-        rows = conn.execute(q).all()
+    rows = _rows(ctx, "metadata", site_id, study, series, sop)
     if not rows:
         raise NotFound(_what(study, series, sop))
     # The URL prefix is JSON-escaped once per series; SOP Instance UIDs (digits and dots, checked at ingest by
