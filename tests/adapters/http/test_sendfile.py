@@ -33,6 +33,7 @@ class Files:
             p.write_bytes(os.urandom(size))
             self.paths.append(p)
         self.offered: list[bool] = []
+        self.corked: list[int] = []  # TCP_CORK of the server's socket: as each file was opened, then after
 
     def segments(self, short: bool = False) -> list[sendfile.Segment]:
         segs: list[sendfile.Segment] = [b"head\r\n"]
@@ -55,6 +56,22 @@ class Files:
             send_segments = sendfile.sender(scope)
             assert send_segments is not None
             await send_segments(segments)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope["path"] == "/cork":  # the socket's TCP_CORK while the files are sent, and after
+            send_segments = sendfile.sender(scope)
+            assert send_segments is not None
+            sock = send_segments.__self__.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+
+            def opened(path: Path) -> Any:
+                self.corked.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
+                return path.open("rb")
+
+            segments = [b"head\r\n", *(FilePart(partial(opened, p), p.stat().st_size) for p in self.paths)]
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-length", str(sum(sendfile.segment_size(s) for s in segments)).encode())]})
+            await send_segments(segments)
+            self.corked.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
             await send({"type": "http.response.body", "body": b""})
             return
         self.offered.append(sendfile.sender(scope) is not None)
@@ -128,6 +145,16 @@ def test_body_is_exact_with_the_extension(files: Files, port: int) -> None:
     assert int(r.headers["content-length"]) == len(files.expected())
     assert r.content == files.expected()
     assert files.offered == [True]
+
+
+def test_the_socket_is_corked_while_a_batch_is_written_and_uncorked_after(files: Files, port: int) -> None:
+    """Corked, each part's few bytes of framing leave with the file's bytes rather than as a TCP segment (and a
+    wake-up of the reader) of their own; uncorked afterwards, or the end of the body would wait for the
+    kernel's 200 ms cork timer."""
+    r = httpx.get(f"http://127.0.0.1:{port}/cork", timeout=30)
+    assert r.status_code == 200
+    assert r.content == b"head\r\n" + b"".join(p.read_bytes() for p in files.paths)
+    assert files.corked == [1] * len(SIZES) + [0]
 
 
 def test_plain_uvicorn_offers_nothing_and_the_fallback_sends_the_same_bytes(files: Files) -> None:

@@ -23,6 +23,11 @@ instead, so no thread is held while it reads, and then the thread goes on. Readi
 paused meanwhile, so nothing else can write to it. A file shorter than its promised size raises
 :class:`OSError` (the Content-Length is already sent: uvicorn then closes the connection rather than send a
 short body); a client that goes away ends the response quietly, as uvicorn does.
+
+The socket is corked (``TCP_CORK``) while a batch is written. Without it, each part's multipart head went out
+as a TCP segment of its own before the file's bytes; over loopback (a local reverse proxy, the benchmark's
+curl) every such segment wakes the reader. Measured with curl, a 125-instance CT study, 60 requests each,
+alternating: 1,714 -> 1,894 MB/s median (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 EXTENSION = "telerad.sendfile"
 THREAD_WAIT_S = 0.02  # how long the writing thread waits for a full socket before handing the wait to the loop
+# Linux: while set, the kernel sends only full TCP segments (tcp(7)), so a part's few bytes of multipart
+# framing leave with the file's first bytes instead of as a segment, and a wake-up of the reader, of their own.
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 _DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
@@ -138,7 +146,11 @@ class _SendfileCycle(RequestResponseCycle):
         was_paused = self.flow.read_paused
         self.flow.pause_reading()
         progress = _Progress()
+        cork = _TCP_CORK is not None
         try:
+            if cork:  # uncorked when the batch is written (below): what is left then goes out at once
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
             while not await run_in_threadpool(_push, fd, segments, progress):
                 await _writable(fd)
         except _DISCONNECTED:
@@ -146,6 +158,9 @@ class _SendfileCycle(RequestResponseCycle):
             self.transport.close()
         finally:
             progress.close()
+            if cork and not self.disconnected:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
             os.close(fd)
             if not was_paused and not self.disconnected:
                 self.flow.resume_reading()
