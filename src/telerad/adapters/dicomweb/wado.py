@@ -56,8 +56,9 @@ def _stream_instances(request: Request, instances: list[StoredInstance], ctx: Co
     syntaxes = {i.transfer_syntax_uid for i in instances}
     if all(media.accepts_multipart(ranges, DICOM, ts) for ts in syntaxes):
         boundary = multipart.new_boundary()
-        parts = [(multipart.part_head(boundary, {"Content-Type": f"{DICOM}; transfer-syntax={i.transfer_syntax_uid}"}),
-                  i) for i in instances]
+        heads = {ts: multipart.part_head(boundary, {"Content-Type": f"{DICOM}; transfer-syntax={ts}"})
+                 for ts in syntaxes}  # a study's instances share one or two: each head is made once
+        parts = [(heads[i.transfer_syntax_uid], i) for i in instances]
         # Each part's closing CRLF goes out with the next part's head (or the closing delimiter), in one write:
         # a write of its own cost a TCP segment and a wake-up of the reader per instance.
         segments: list[sendfile.Segment] = []

@@ -39,7 +39,7 @@ import select
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
@@ -53,9 +53,9 @@ _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 _DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
-@dataclass(frozen=True)
-class FilePart:
-    """``size`` bytes from the start of the file ``open()`` returns (called in the worker thread)."""
+class FilePart(NamedTuple):
+    """``size`` bytes from the start of the file ``open()`` returns (called in the worker thread). A tuple: a
+    whole-study response makes one per instance before its first byte."""
 
     open: Callable[[], BinaryIO]
     size: int
