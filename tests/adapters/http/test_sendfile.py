@@ -33,6 +33,7 @@ class Files:
             p.write_bytes(os.urandom(size))
             self.paths.append(p)
         self.offered: list[bool] = []
+        self.mapped: list[bool] = []  # whether the files went from a mapping (a loopback peer) or by sendfile
         self.corked: list[int] = []  # TCP_CORK of the server's socket: as each file was opened, then after
 
     def segments(self, short: bool = False) -> list[sendfile.Segment]:
@@ -61,7 +62,9 @@ class Files:
         if scope["path"] == "/cork":  # the socket's TCP_CORK while the files are sent, and after
             send_segments = sendfile.sender(scope)
             assert send_segments is not None
-            sock = send_segments.__self__.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            cycle = send_segments.__self__  # type: ignore[attr-defined]
+            sock = cycle.transport.get_extra_info("socket")
+            self.mapped.append(cycle.mapped_files)
 
             def opened(path: Path) -> Any:
                 self.corked.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
@@ -94,8 +97,11 @@ def files(tmp_path: Path) -> Files:
     return Files(tmp_path)
 
 
-@pytest.fixture
-def port(files: Files) -> Iterator[int]:
+@pytest.fixture(params=[True, False], ids=["mapped", "sendfile"])
+def port(files: Files, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A server offering the extension; the files written from a mapping (how loopback peers get them) or
+    with sendfile (every other peer), so both paths see every test."""
+    monkeypatch.setattr(sendfile, "MAP_FOR_LOOPBACK", request.param)
     yield from _serve(files.app, SendfileProtocol)
 
 
@@ -155,6 +161,7 @@ def test_the_socket_is_corked_while_a_batch_is_written_and_uncorked_after(files:
     assert r.status_code == 200
     assert r.content == b"head\r\n" + b"".join(p.read_bytes() for p in files.paths)
     assert files.corked == [1] * len(SIZES) + [0]
+    assert files.mapped == [sendfile.MAP_FOR_LOOPBACK]  # this client is on loopback: mapped unless turned off
 
 
 def test_plain_uvicorn_offers_nothing_and_the_fallback_sends_the_same_bytes(files: Files) -> None:
