@@ -151,7 +151,8 @@ class Suite:
     def cget(self, srv: servers.Server, rnd: int) -> dict[str, float]:
         runs = self.args.cget_runs
         cpu0 = measure.cpu_seconds(srv.pid)
-        t = measure.cget(srv, self.study, runs, self.tmp)
+        need = sum(Path(f).stat().st_size for f in self.study.files)
+        t = measure.cget(srv, self.study, runs, self.tmp, need)
         cpu_ms = (measure.cpu_seconds(srv.pid) - cpu0) / (runs * max(t.files, 1)) * MS
         log(f"  {srv.name} C-GET study: {t.files} files, {t.bytes / 1e6:.0f} MB in {t.wall:.2f} s = "
             f"{t.mb_s:.0f} MB/s (server CPU {cpu_ms:.2f} ms/instance)")
