@@ -108,6 +108,9 @@ def _scoped(query: _Q, series: bool, sop: bool) -> _Q:
 _COLUMNS = {
     "instances": (Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
                   Instance.transfer_syntax_uid, Instance.blob_key, Instance.size, Instance.number_of_frames),
+    "instance": (Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid,
+                 Instance.transfer_syntax_uid, Instance.blob_key, Instance.size, Instance.number_of_frames,
+                 Instance.frames_json),
     "blobs": (Instance.blob_key,),
     "metadata": (Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.metadata_json),
 }
@@ -123,7 +126,7 @@ def _rows(ctx: Context, columns: str, site_id: int, study: str, series: str | No
     half of what a whole-study WADO-RS request spends before its first byte (measured in process)."""
     shape = (columns, series is not None, sop is not None)
     stmt = _BUILT.get(shape)
-    if stmt is None:  # twelve shapes in all
+    if stmt is None:  # a few shapes in all
         stmt = _BUILT[shape] = _scoped(select(*_COLUMNS[columns]), series is not None, sop is not None)
     values = {"site": site_id, "study": study, "series": series, "sop": sop}
     compiled = _COMPILED.get(shape, stmt, ctx.db.engine.dialect)
@@ -146,12 +149,12 @@ def find_instances(ctx: Context, site_id: int, study: str, series: str | None = 
 
 
 def get_instance(ctx: Context, site_id: int, study: str, series: str, sop: str) -> StoredInstance:
-    """One instance with its frame index. Raises NotFound. One prepared statement on a plain connection:
-    every frame request of a viewer scrolling a stack runs it."""
-    with ctx.db.engine.connect() as conn:
-        row = conn.execute(_ONE_INSTANCE, {"site": site_id, "study": study, "series": series, "sop": sop}).first()
-    if row is None:
+    """One instance with its frame index. Raises NotFound. Every frame request of a viewer scrolling a stack
+    runs it: one compiled statement on the bare driver (:func:`_rows`)."""
+    rows = _rows(ctx, "instance", site_id, study, series, sop)
+    if not rows:
         raise NotFound(_what(study, series, sop))
+    row = rows[0]
     ctx.readahead.request((site_id, study, series), lambda: series_blobs(ctx, site_id, study, series))
     return StoredInstance(*row)
 
@@ -166,17 +169,6 @@ def read_ahead(ctx: Context, site_id: int, keys: list[str]) -> None:
     """Start reading the blobs of a retrieve of several instances into the page cache, in the order given."""
     if len(keys) > 1:
         ctx.readahead.request((site_id, len(keys), keys[0], keys[-1]), lambda: keys)
-
-
-# The same scoping as _scoped, built once (SQLAlchemy then reuses its compiled form from the cache).
-_ONE_INSTANCE = (
-    select(Study.study_uid, Series.series_uid, Instance.sop_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid,
-           Instance.blob_key, Instance.size, Instance.number_of_frames, Instance.frames_json)
-    .select_from(Instance).join(Series, Instance.series_fk == Series.id).join(Study, Series.study_fk == Study.id)
-    .where(Instance.site_id == bindparam("site"), Series.site_id == bindparam("site"),
-           Study.site_id == bindparam("site"), Study.study_uid == bindparam("study"),
-           Series.series_uid == bindparam("series"), Instance.sop_uid == bindparam("sop"))
-)
 
 
 def _what(study: str, series: str | None, sop: str | None) -> str:
