@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from telerad.db import statistics
 from telerad.db.writelock import WriteLock, lock_path
 
 
@@ -176,11 +177,17 @@ class Database:
         one by another process such as ``telerad import``) does not change the schema: every other open
         connection would keep planning with the old figures. So the pool is emptied afterwards and
         connections reopen with the new ones (connections in use are closed when they are returned).
+
+        While the index is small, SQLite gets the shape of an archive in use instead of what ANALYZE measured
+        (:mod:`telerad.db.statistics`): on no figures, or a handful of rows, it walks a site's instances for
+        one study's.
         """
         with self.engine.connect() as conn:
             if self.engine.dialect.name == "sqlite":
                 conn.exec_driver_sql("PRAGMA analysis_limit=2000")
             conn.exec_driver_sql("ANALYZE")
+            if self.engine.dialect.name == "sqlite":
+                statistics.seed(conn)  # a small index: the shape of an archive instead
             conn.commit()
         if self.engine.dialect.name == "sqlite":
             for engine in self._engines():
