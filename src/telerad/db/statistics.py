@@ -5,10 +5,10 @@ each index prefix; https://sqlite.org/fileformat2.html#stat1tab). With no figure
 index or after ANALYZE of an empty one, it assumes that every equality on an indexed column is as selective
 as any other, and picks the site's index for the instances of one study: the study's ``/metadata``, its
 WADO-RS, QIDO-RS within a study or a series, C-FIND and C-GET by Study Instance UID then walk every instance of
-the site. Measured on a 5,000-instance index (one site, 20 studies): a 250-instance study's metadata lookup
-0.3 ms with figures, 12 ms without; through HTTP, 2 ms against 8-12 ms, until the server's next ANALYZE.
-Figures measured on a handful of rows are no better: with one study of 1,000 instances, the site's index
-and the series' look alike, and the next studies to arrive are read the slow way.
+the site. Measured on a copy of a benchmark's index (17,439 instances, one site): a 250-instance study's
+metadata lookup 0.29 ms with figures, 12.3 ms without; through HTTP, 1.4-1.9 ms against 8-12 ms until the
+server's next ANALYZE (docs/benchmarks.md). Figures measured on a handful of rows are little better: with one
+study of 1,000 instances, the site's index and the series' index look equally selective.
 
 So while the index holds fewer than :data:`SEED_BELOW_INSTANCES` instances, :func:`seed` replaces ANALYZE's
 figures for the archive's tables with :data:`ARCHIVE_SHAPE`, the shape of an archive in use: UIDs unique,
