@@ -15,45 +15,17 @@ block through the page cache. File systems that refuse
 from __future__ import annotations
 
 import fcntl
-import mmap
 import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+
+from telerad.storage.buffers import BufferPool
 
 ALIGN = 4096
 BUFFER_BYTES = 4 << 20  # one copy-and-write step; a larger object is written in several
 
 
 KEEP_BUFFERS = 8  # buffers kept for reuse; more concurrent writers get theirs and let it go after
-
-
-class _Buffers:
-    """Page-aligned anonymous buffers, reused across writes and threads (a buffer per concurrent writer):
-    fresh memory for every object would cost what the page cache did."""
-
-    def __init__(self) -> None:
-        self._free: list[mmap.mmap] = []
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def take(self) -> Iterator[mmap.mmap]:
-        with self._lock:
-            buf = self._free.pop() if self._free else None
-        if buf is None:  # anonymous mappings are page-aligned; private, so never shared with a forked child
-            buf = mmap.mmap(-1, BUFFER_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        try:
-            yield buf
-        finally:
-            with self._lock:
-                keep = len(self._free) < KEEP_BUFFERS
-                if keep:
-                    self._free.append(buf)
-            if not keep:
-                buf.close()
-
-
-_buffers = _Buffers()
+# fresh memory for every object would cost what the page cache did (storage/buffers.py)
+_buffers = BufferPool(BUFFER_BYTES, KEEP_BUFFERS)
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

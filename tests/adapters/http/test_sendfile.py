@@ -20,6 +20,7 @@ from support import uvicorn_thread
 
 from telerad.adapters.http import sendfile
 from telerad.adapters.http.sendfile import FilePart, SegmentsResponse, SendfileProtocol
+from telerad.storage.buffers import BufferPool
 
 SIZES = [0, 1, 70_000, 5 << 20, 9 << 20 | 123]  # an empty file, one byte, and files larger than socket buffers
 PLAIN = bytes(range(256)) * (32 << 12)  # 8 MiB, more than the socket buffers hold
@@ -33,7 +34,7 @@ class Files:
             p.write_bytes(os.urandom(size))
             self.paths.append(p)
         self.offered: list[bool] = []
-        self.mapped: list[bool] = []  # whether the files went from a mapping (a loopback peer) or by sendfile
+        self.copied: list[bool] = []  # files copied through a buffer (a loopback peer) rather than sendfile
         self.corked: list[int] = []  # TCP_CORK of the server's socket: as each file was opened, then after
 
     def segments(self, short: bool = False) -> list[sendfile.Segment]:
@@ -64,7 +65,7 @@ class Files:
             assert send_segments is not None
             cycle = send_segments.__self__  # type: ignore[attr-defined]
             sock = cycle.transport.get_extra_info("socket")
-            self.mapped.append(cycle.mapped_files)
+            self.copied.append(cycle.copied_files)
 
             def opened(path: Path) -> Any:
                 self.corked.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK))
@@ -97,11 +98,13 @@ def files(tmp_path: Path) -> Files:
     return Files(tmp_path)
 
 
-@pytest.fixture(params=[True, False], ids=["mapped", "sendfile"])
+@pytest.fixture(params=[True, False], ids=["copied", "sendfile"])
 def port(files: Files, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """A server offering the extension; the files written from a mapping (how loopback peers get them) or
-    with sendfile (every other peer), so both paths see every test."""
-    monkeypatch.setattr(sendfile, "MAP_FOR_LOOPBACK", request.param)
+    """A server offering the extension; the files copied through a buffer (how loopback peers get them) or
+    sent with sendfile (every other peer), so both paths see every test. The buffers come from a pool of this
+    test's own (:func:`pool`)."""
+    monkeypatch.setattr(sendfile, "COPY_FOR_LOOPBACK", request.param)
+    monkeypatch.setattr(sendfile, "_copy_buffers", BufferPool(sendfile.COPY_BYTES, keep=8))
     yield from _serve(files.app, SendfileProtocol)
 
 
@@ -161,7 +164,7 @@ def test_the_socket_is_corked_while_a_batch_is_written_and_uncorked_after(files:
     assert r.status_code == 200
     assert r.content == b"head\r\n" + b"".join(p.read_bytes() for p in files.paths)
     assert files.corked == [1] * len(SIZES) + [0]
-    assert files.mapped == [sendfile.MAP_FOR_LOOPBACK]  # this client is on loopback: mapped unless turned off
+    assert files.copied == [sendfile.COPY_FOR_LOOPBACK]  # this client is on loopback: copied unless turned off
 
 
 def test_plain_uvicorn_offers_nothing_and_the_fallback_sends_the_same_bytes(files: Files) -> None:
@@ -224,9 +227,20 @@ class _Prefixed:
         return self.sock.recv(n)
 
 
+def _buffers_returned() -> bool:
+    """Whether every copy buffer lent so far is back in the pool (waiting a little for the server's side of a
+    response that failed to finish)."""
+    deadline = time.monotonic() + 5
+    while sendfile._copy_buffers.lent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sendfile._copy_buffers.lent == 0 and sendfile._copy_buffers.kept >= 1
+
+
 def test_a_short_stored_file_closes_the_connection_and_the_server_goes_on(files: Files, port: int) -> None:
     with pytest.raises(httpx.RemoteProtocolError):
         httpx.get(f"http://127.0.0.1:{port}/short", timeout=30)
+    if sendfile.COPY_FOR_LOOPBACK:
+        assert _buffers_returned()
     r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
     assert r.content == files.expected()
 
@@ -237,8 +251,41 @@ def test_a_client_that_leaves_mid_body_does_not_stop_the_server(files: Files, po
             s.sendall(_request())
             assert s.recv(65536)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    if sendfile.COPY_FOR_LOOPBACK:
+        assert _buffers_returned()
     r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
     assert r.content == files.expected()
+
+
+def test_a_copy_buffer_smaller_than_every_part_still_gives_the_exact_body(
+        files: Files, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a one-page buffer each file and the multipart framing are split across many fills and writes."""
+    monkeypatch.setattr(sendfile, "COPY_FOR_LOOPBACK", True)
+    monkeypatch.setattr(sendfile, "_copy_buffers", BufferPool(4096, keep=1))
+    for port in _serve(files.app, SendfileProtocol):
+        r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
+        assert r.content == files.expected()
+    assert files.offered == [True]
+
+
+def test_fill_packs_parts_into_the_buffer_across_their_boundaries(files: Files) -> None:
+    """The copying itself: bytes segments larger and smaller than the buffer and files of every size come out
+    of successive fills in order, each fill full but the last; a file shorter than promised raises."""
+    big = os.urandom(10_000)
+    segments: list[sendfile.Segment] = [big, *files.segments(), b"x"]
+    expected = big + files.expected() + b"x"
+    p = sendfile._Progress(buf=memoryview(bytearray(4096)))
+    out, fills = [], []
+    while p.index < len(segments):
+        sendfile._fill(segments, p)
+        out.append(bytes(p.buf[:p.hi]))  # type: ignore[index]
+        fills.append(p.hi)
+    assert b"".join(out) == expected
+    assert all(n == 4096 for n in fills[:-1]) and 0 < fills[-1] <= 4096
+    short = sendfile._Progress(buf=memoryview(bytearray(1 << 20)))
+    with pytest.raises(OSError, match="were promised"):
+        while short.index < len(segments):
+            sendfile._fill(files.segments(short=True), short)
 
 
 def test_tls_connections_get_no_extension_and_the_same_bytes(files: Files, tmp_path: Path) -> None:

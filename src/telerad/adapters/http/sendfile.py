@@ -30,11 +30,15 @@ curl) every such segment wakes the reader. Measured with curl, a 125-instance CT
 alternating: 1,714 -> 1,894 MB/s median (docs/benchmarks.md).
 
 To a loopback peer (a reverse proxy on the same host, which is how TLS is usually put in front of a service;
-the benchmark's clients) files are not sent with sendfile but written from a read-only mapping of the file
-(``mmap``): one copy, from the page cache into the socket, which over loopback the reader then copies out.
-sendfile's page references made that reader's copy slower here: a bare Python server, 125 files of 526 KB,
-curl, Linux 6.18: sendfile 1.68-1.72 GB/s, mapped writes 2.69-3.32 GB/s, read into a buffer and written
-2.0-2.5 GB/s. To other peers sendfile stays, where a network card sends the pages without any copy.
+the benchmark's clients) files are not sent with sendfile but copied: read (``pread``) into a buffer of
+:data:`COPY_BYTES` one after another, framing included, and written a full buffer at a time, as nginx does with
+``sendfile off``. Over loopback the reader copies every byte out of the socket again; from the file's own
+pages (sendfile) that copy ran slower, a bare Python server with curl on the Intel VM: sendfile 1.68-1.72
+GB/s, writes from a mapping of each file 2.69-3.32; nginx on the AMD VM, 131 MB: ``sendfile on`` 1,650 MB/s,
+off with 1 MB buffers 3,085. The buffer against a mapping of each file (the previous way here: page faults,
+unmapping, a write per part), A/B with curl on the AMD VM, a 250-instance CT study: 1,902 -> 2,244 and
+2,126 -> 2,467 MB/s median, the server's CPU per request 65.8 -> 58.5 and 67.0 -> 56.8 ms (docs/benchmarks.md).
+To other peers sendfile stays, where a network card sends the pages without any copy.
 """
 
 from __future__ import annotations
@@ -42,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import mmap
 import os
 import select
 import socket
@@ -54,13 +57,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from telerad.storage.buffers import BufferPool
+
 EXTENSION = "telerad.sendfile"
-MAP_FOR_LOOPBACK = True  # files to a loopback peer are written from a mapping (see the module's docstring)
+COPY_FOR_LOOPBACK = True  # files to a loopback peer are copied through a buffer (see the module's docstring)
+COPY_BYTES = 1 << 20  # the buffer: several parts of a study per write; 1-2 MB measured best, 4-8 MB worse
 THREAD_WAIT_S = 0.02  # how long the writing thread waits for a full socket before handing the wait to the loop
 # Linux: while set, the kernel sends only full TCP segments (tcp(7)), so a part's few bytes of multipart
 # framing leave with the file's first bytes instead of as a segment, and a wake-up of the reader, of their own.
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 _DISCONNECTED = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+_copy_buffers = BufferPool(COPY_BYTES, keep=8)  # one per response being copied; 8 kept for the next
 
 
 class FilePart(NamedTuple):
@@ -87,36 +94,27 @@ def sender(scope: Any) -> SendSegments | None:
 
 @dataclass
 class _Progress:
-    """Where a batch stands between thread calls: segment index, bytes of it sent, its open file."""
+    """Where a batch stands between thread calls: segment index, bytes of it done, its open file; when copying,
+    the buffer and the part of it not yet written (``buf[lo:hi]``)."""
 
     index: int = 0
     offset: int = 0
     file: BinaryIO | None = field(default=None, repr=False)
-    mapped: mmap.mmap | None = field(default=None, repr=False)
+    buf: memoryview | None = field(default=None, repr=False)
+    lo: int = 0
+    hi: int = 0
 
     def close(self) -> None:
-        if self.mapped is not None:
-            self.mapped.close()
-            self.mapped = None
         if self.file is not None:
             self.file.close()
             self.file = None
 
 
-def _map(seg: FilePart, p: _Progress) -> mmap.mmap:
-    """The first ``seg.size`` bytes of the segment's file, mapped read-only; OSError when the file is shorter
-    (a mapping past the end of a file raises SIGBUS where it is read). Stored blobs are never changed in
-    place (content-addressed), so the file cannot shrink under the mapping."""
-    assert p.file is not None
-    size = os.fstat(p.file.fileno()).st_size
-    if size < seg.size:
-        raise OSError(f"stored file has {size} bytes; {seg.size} were promised")
-    return mmap.mmap(p.file.fileno(), seg.size, prot=mmap.PROT_READ)
-
-
-def _push(fd: int, segments: Sequence[Segment], p: _Progress, mapped: bool = False) -> bool:
+def _push(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
     """Write segments to the non-blocking socket ``fd`` from ``p`` on; False when the socket is full. Files go
-    by sendfile(2), or with ``mapped`` by writes from a read-only mapping of the file."""
+    by sendfile(2), or copied through ``p.buf`` when the batch has one (:func:`_push_copied`)."""
+    if p.buf is not None:
+        return _push_copied(fd, segments, p)
     while p.index < len(segments):
         seg = segments[p.index]
         try:
@@ -127,12 +125,6 @@ def _push(fd: int, segments: Sequence[Segment], p: _Progress, mapped: bool = Fal
             else:
                 if p.file is None:
                     p.file = seg.open()
-                if p.offset < seg.size and mapped:
-                    if p.mapped is None:
-                        p.mapped = _map(seg, p)
-                    with memoryview(p.mapped) as view:
-                        p.offset += os.write(fd, view[p.offset:])
-                    continue
                 if p.offset < seg.size:
                     sent = os.sendfile(fd, p.file.fileno(), p.offset, seg.size - p.offset)
                     if sent == 0:
@@ -148,6 +140,50 @@ def _push(fd: int, segments: Sequence[Segment], p: _Progress, mapped: bool = Fal
     return True
 
 
+def _push_copied(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
+    """:func:`_push` for a loopback peer: the buffer filled with the next segments' bytes, written, again."""
+    assert p.buf is not None
+    while True:
+        if p.lo < p.hi:
+            try:
+                p.lo += os.write(fd, p.buf[p.lo:p.hi])
+            except BlockingIOError:
+                if not _room(fd, THREAD_WAIT_S):
+                    return False
+            continue
+        if p.index >= len(segments):
+            return True
+        _fill(segments, p)
+
+
+def _fill(segments: Sequence[Segment], p: _Progress) -> None:
+    """Copy the bytes of the segments from ``p`` on into ``p.buf`` until it is full or they end; files are read
+    with pread(2), and one shorter than promised raises :class:`OSError`."""
+    assert p.buf is not None
+    buf, cap = p.buf, len(p.buf)
+    p.lo = p.hi = 0
+    while p.hi < cap and p.index < len(segments):
+        seg = segments[p.index]
+        if isinstance(seg, bytes):
+            size = len(seg)
+            n = min(size - p.offset, cap - p.hi)
+            buf[p.hi:p.hi + n] = seg[p.offset:p.offset + n]
+        else:
+            size = seg.size
+            if p.file is None:
+                p.file = seg.open()
+            n = min(size - p.offset, cap - p.hi)
+            if n:
+                n = os.preadv(p.file.fileno(), [buf[p.hi:p.hi + n]], p.offset)
+                if n == 0:
+                    raise OSError(f"stored file ends after {p.offset} bytes; {size} were promised")
+        p.hi += n
+        p.offset += n
+        if p.offset >= size:
+            p.close()
+            p.index, p.offset = p.index + 1, 0
+
+
 def _room(fd: int, timeout: float) -> bool:
     """Whether the socket ``fd`` can take more bytes within ``timeout`` seconds (or has failed: the next write
     raises)."""
@@ -159,7 +195,7 @@ def _room(fd: int, timeout: float) -> bool:
 class _SendfileCycle(RequestResponseCycle):
     """uvicorn's request/response cycle plus :meth:`send_segments` (the extension's send)."""
 
-    mapped_files = False  # files written from a mapping rather than by sendfile (a loopback peer)
+    copied_files = False  # files copied through a buffer rather than sent by sendfile (a loopback peer)
 
     async def send_segments(self, segments: Sequence[Segment]) -> None:
         if not self.response_started or self.response_complete:
@@ -181,23 +217,26 @@ class _SendfileCycle(RequestResponseCycle):
         self.flow.pause_reading()
         progress = _Progress()
         cork = _TCP_CORK is not None
-        try:
-            if cork:  # uncorked when the batch is written (below): what is left then goes out at once
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
-            while not await run_in_threadpool(_push, fd, segments, progress, self.mapped_files):
-                await _writable(fd)
-        except _DISCONNECTED:
-            self.disconnected = True
-            self.transport.close()
-        finally:
-            progress.close()
-            if cork and not self.disconnected:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
-            os.close(fd)
-            if not was_paused and not self.disconnected:
-                self.flow.resume_reading()
+        with contextlib.ExitStack() as stack:
+            if self.copied_files:
+                progress.buf = stack.enter_context(memoryview(stack.enter_context(_copy_buffers.take())))
+            try:
+                if cork:  # uncorked when the batch is written (below): what is left then goes out at once
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
+                while not await run_in_threadpool(_push, fd, segments, progress):
+                    await _writable(fd)
+            except _DISCONNECTED:
+                self.disconnected = True
+                self.transport.close()
+            finally:
+                progress.close()
+                if cork and not self.disconnected:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 0)
+                os.close(fd)
+                if not was_paused and not self.disconnected:
+                    self.flow.resume_reading()
 
     async def _drain(self) -> None:
         """Until uvicorn's write buffer is empty: the thread must not overtake bytes still queued there."""
@@ -240,7 +279,7 @@ class SendfileProtocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         self._sendfile = (hasattr(os, "sendfile") and transport.get_extra_info("sslcontext") is None
                           and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6))
-        if self._sendfile and MAP_FOR_LOOPBACK:
+        if self._sendfile and COPY_FOR_LOOPBACK:
             with contextlib.suppress(Exception):
                 self._loopback = ipaddress.ip_address(transport.get_extra_info("peername")[0]).is_loopback
 
@@ -248,7 +287,7 @@ class SendfileProtocol(HttpToolsProtocol):
         if self._sendfile:
             cycle.__class__ = _SendfileCycle
             assert isinstance(cycle, _SendfileCycle)
-            cycle.mapped_files = self._loopback
+            cycle.copied_files = self._loopback
             extensions = dict(cycle.scope.get("extensions") or {})
             extensions[EXTENSION] = {"send": cycle.send_segments}
             cycle.scope["extensions"] = extensions  # type: ignore[typeddict-unknown-key]
