@@ -13,16 +13,31 @@ the very clients the suite uses:
 
 If the floor is above 0.1x of Orthanc's frame latency, or the ceiling below 1.5x of Orthanc's throughput, no
 server can meet that goal on this machine with these clients, whatever it does.
+
+Two more references, nearer to what a server does, each a bound for a kind of server:
+
+* the floor of a Python ASGI server: the frame-sized body from a minimal ASGI application under uvicorn with
+  the event loop and HTTP parser telerad's server uses (uvloop, httptools), no routing, no authentication, no
+  lookup, no file; with the frames goal's client. Above 0.1x of Orthanc, no server written as an ASGI
+  application (telerad is one) meets that goal here;
+* a static file server: nginx (Debian ``nginx-light``, when installed) sending the study's bytes as one file,
+  with ``sendfile on`` and with ``sendfile off`` (reads into 1 MB buffers, the faster here), with curl as in the
+  suite. A server that sends stored files, in any language, has at least nginx's work per byte; below 1.5x of
+  Orthanc, that goal is out of a file server's reach on this machine.
 """
 
 from __future__ import annotations
 
+import shutil
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 from measure import LeanClient
@@ -36,6 +51,12 @@ class Reference:
     frame_floor_p50_ms: float  # through measure.LeanClient, the client of the frames goal
     study_ceiling_mb_s: float
     frame_floor_httpx_p50_ms: float
+    asgi_frame_floor_p50_ms: float | None = None  # a minimal ASGI app under uvicorn, the same client
+    nginx_study_mb_s: dict[str, float] = field(default_factory=dict)  # "sendfile on" / "sendfile off": MB/s
+
+    @property
+    def nginx_best_mb_s(self) -> float | None:
+        return max(self.nginx_study_mb_s.values()) if self.nginx_study_mb_s else None
 
 
 class _FixedServer:
@@ -79,13 +100,25 @@ class _FixedServer:
         self.sock.close()
 
 
+def _frame_part(frame_bytes: int) -> tuple[bytes, str]:
+    """A frames response's body (one frame in multipart framing) and its content type."""
+    part = (b"--" + _BOUNDARY + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + bytes(frame_bytes)
+            + b"\r\n--" + _BOUNDARY + b"--\r\n")
+    return part, f'multipart/related; type="application/octet-stream"; boundary={_BOUNDARY.decode()}'
+
+
 def frame_floor(frame_bytes: int, accept: str, requests: int, lean: bool = True) -> float:
     """p50 seconds of a frames-like request as :func:`measure.frames` makes them (``lean``: through
     :class:`measure.LeanClient`, else httpx)."""
-    part = (b"--" + _BOUNDARY + b"\r\nContent-Type: application/octet-stream\r\n\r\n" + bytes(frame_bytes)
-            + b"\r\n--" + _BOUNDARY + b"--\r\n")
-    srv = _FixedServer(part, f'multipart/related; type="application/octet-stream"; boundary={_BOUNDARY.decode()}')
-    base, auth = f"http://127.0.0.1:{srv.port}", {"Authorization": "Bearer reference"}
+    srv = _FixedServer(*_frame_part(frame_bytes))
+    try:
+        return _frame_p50(srv.port, frame_bytes, accept, requests, lean)
+    finally:
+        srv.close()
+
+
+def _frame_p50(port: int, frame_bytes: int, accept: str, requests: int, lean: bool) -> float:
+    base, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer reference"}
     lc = LeanClient(base, auth) if lean else None
     hc = None if lean else httpx.Client(base_url=base, timeout=60, headers=auth)
     try:
@@ -109,7 +142,48 @@ def frame_floor(frame_bytes: int, accept: str, requests: int, lean: bool = True)
             lc.close()
         if hc is not None:
             hc.close()
-        srv.close()
+
+
+# A minimal ASGI application: every request gets the bytes of the file named in the environment.
+_ASGI_APP = """
+import os, sys, uvicorn
+with open(os.environ["REF_BODY"], "rb") as f:
+    BODY = f.read()
+HEADERS = [(b"content-type", os.environ["REF_CTYPE"].encode()), (b"content-length", str(len(BODY)).encode())]
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", lifespan="off",
+            log_level="warning", access_log=False)
+"""
+
+
+def asgi_frame_floor(frame_bytes: int, accept: str, requests: int) -> float:
+    """p50 seconds of a frames-like request to :data:`_ASGI_APP` under uvicorn (uvloop, httptools), through
+    :class:`measure.LeanClient`."""
+    part, ctype = _frame_part(frame_bytes)
+    port = _free_port()
+    with tempfile.NamedTemporaryFile(prefix="telerad-ref-frame-") as body:
+        body.write(part)
+        body.flush()
+        env = {"REF_BODY": body.name, "REF_CTYPE": ctype, "PATH": "/usr/bin:/bin"}
+        proc = subprocess.Popen([sys.executable, "-c", _ASGI_APP, str(port)], env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the reference ASGI server did not start (exit {proc.poll()})") from None
+                    time.sleep(0.05)
+            return _frame_p50(port, frame_bytes, accept, requests, lean=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def study_ceiling(study_bytes: int, runs: int) -> float:
@@ -131,6 +205,71 @@ def study_ceiling(study_bytes: int, runs: int) -> float:
         srv.close()
 
 
-def measure_reference(frame_bytes: int, study_bytes: int, accept: str, requests: int, runs: int) -> Reference:
+_NGINX_CONF = """daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{ access_log off; tcp_nopush on; root {d}/www; types {{ }} default_type application/octet-stream;
+  client_body_temp_path {d}/tmp; proxy_temp_path {d}/tmp; fastcgi_temp_path {d}/tmp;
+  server {{ listen 127.0.0.1:{on}; sendfile on; }}
+  server {{ listen 127.0.0.1:{off}; sendfile off; output_buffers 2 1m; }} }}
+"""
+
+
+def nginx_study(files: list[str], runs: int) -> dict[str, float]:
+    """MB/s of ``curl`` reading the study's files, concatenated into one static file, from nginx with
+    ``sendfile on`` and with ``sendfile off``: median of ``runs`` each, the two alternating. Empty when nginx
+    is not installed."""
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="telerad-ref-nginx-") as tmp:
+        d = Path(tmp)
+        d.chmod(0o755)  # nginx's worker runs as another user when it is started by root
+        (d / "www").mkdir()
+        (d / "tmp").mkdir()
+        size = 0
+        with open(d / "www" / "study", "wb") as out:
+            for f in files:
+                data = Path(f).read_bytes()
+                out.write(data)
+                size += len(data)
+        ports = {"sendfile on": _free_port(), "sendfile off": _free_port()}
+        (d / "nginx.conf").write_text(_NGINX_CONF.format(d=d, on=ports["sendfile on"], off=ports["sendfile off"]))
+        proc = subprocess.Popen([exe, "-c", str(d / "nginx.conf"), "-p", str(d)], stderr=subprocess.PIPE)
+        try:
+            walls: dict[str, list[float]] = {k: [] for k in ports}
+            for _ in range(runs + 1):  # the first round is a warm-up (the file into the page cache)
+                for mode, port in ports.items():
+                    walls[mode].append(_curl_seconds(f"http://127.0.0.1:{port}/study", size))
+            return {mode: size / statistics.median(w[1:]) / 1e6 for mode, w in walls.items()}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _curl_seconds(url: str, size: int) -> float:
+    """curl's own time_total for ``url`` to /dev/null, checking that ``size`` bytes came."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download} %{time_total}", url],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode == 7 and time.monotonic() < deadline:  # not listening yet
+            time.sleep(0.05)
+            continue
+        got, total = r.stdout.split()
+        if int(got) != size:
+            raise RuntimeError(f"reference server at {url} sent {got} of {size} bytes: {r.stderr[-200:]}")
+        return float(total)
+
+
+def measure_reference(frame_bytes: int, study_files: list[str], accept: str, requests: int,
+                      runs: int) -> Reference:
+    study_bytes = sum(Path(f).stat().st_size for f in study_files)
     return Reference(frame_floor(frame_bytes, accept, requests) * 1000, study_ceiling(study_bytes, runs),
-                     frame_floor(frame_bytes, accept, requests, lean=False) * 1000)
+                     frame_floor(frame_bytes, accept, requests, lean=False) * 1000,
+                     asgi_frame_floor(frame_bytes, accept, requests) * 1000, nginx_study(study_files, runs))
