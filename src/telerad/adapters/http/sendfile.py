@@ -37,7 +37,8 @@ pages (sendfile) that copy ran slower, a bare Python server with curl on the Int
 GB/s, writes from a mapping of each file 2.69-3.32; nginx on the AMD VM, 131 MB: ``sendfile on`` 1,650 MB/s,
 off with 1 MB buffers 3,085. The buffer against a mapping of each file (the previous way here: page faults,
 unmapping, a write per part), A/B with curl on the AMD VM, a 250-instance CT study: 1,902 -> 2,244 and
-2,126 -> 2,467 MB/s median, the server's CPU per request 65.8 -> 58.5 and 67.0 -> 56.8 ms (docs/benchmarks.md).
+1,763 -> 2,264 MB/s median, the server's CPU per request 65.8 -> 58.5 and 72.8 -> 62.4 ms; 2 MB did as well,
+4 and 8 MB less (docs/benchmarks.md).
 To other peers sendfile stays, where a network card sends the pages without any copy.
 """
 
