@@ -49,6 +49,39 @@ def resident_pages(path: Path | str) -> int:
     return int(out.split()[0])
 
 
+def pages_in_large_folios(path: Path | str) -> int:
+    """Pages of ``path`` in the page cache that belong to a folio of more than one page: the file is mapped and
+    every page touched, each page's frame looked up in ``/proc/self/pagemap`` and its flags in
+    ``/proc/kpageflags`` (KPF_COMPOUND_HEAD or KPF_COMPOUND_TAIL; Documentation/admin-guide/mm/pagemap.rst).
+    Needs root: others read frame numbers as 0."""
+    import mmap
+    import struct
+
+    size = os.stat(path).st_size
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ) as m:
+        pages = -(-size // mmap.PAGESIZE)
+        for i in range(pages):
+            m[i * mmap.PAGESIZE]  # map the page
+        start = next(int(line.split("-")[0], 16) for line in Path("/proc/self/maps").read_text().splitlines()
+                     if line.endswith(" " + str(Path(path).resolve())))
+        count = 0
+        with open("/proc/self/pagemap", "rb") as pagemap, open("/proc/kpageflags", "rb") as kpageflags:
+            for i in range(pages):
+                pagemap.seek((start // mmap.PAGESIZE + i) * 8)
+                pfn = struct.unpack("Q", pagemap.read(8))[0] & ((1 << 55) - 1)
+                assert pfn, "frame numbers are hidden: reading them needs root"
+                kpageflags.seek(pfn * 8)
+                flags = struct.unpack("Q", kpageflags.read(8))[0]
+                count += bool(flags & (0b11 << 15))
+        return count
+
+
+def transparent_hugepages_enabled() -> bool:
+    """Whether the kernel may allocate large folios for a mapping advised MADV_HUGEPAGE."""
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return setting.exists() and "[never]" not in setting.read_text()
+
+
 def written_through_cache(path: Path | str) -> int:
     """Pages of a blob written with O_DIRECT that are in the page cache once it is written: its last partial
     page, written through the cache (storage/direct.py), or none."""

@@ -3,12 +3,20 @@ written with O_DIRECT start outside it, but for a last partial page (written thr
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import time
 from pathlib import Path
 
 import pytest
-from support import resident_pages, wait_until_resident, written_through_cache
+from support import (
+    pages_in_large_folios,
+    resident_pages,
+    transparent_hugepages_enabled,
+    wait_until_resident,
+    written_through_cache,
+)
 
 from telerad.storage.filesystem import FileSystemStore
 from telerad.storage.readahead import Readahead
@@ -99,3 +107,37 @@ def test_will_need_returns_the_size_or_zero(store, blobs):
     assert store.will_need(blobs[0]) == SIZE
     assert store.will_need("f" * 64) == 0
 
+
+
+def test_populate_reads_a_blob_in_large_folios_and_returns_its_size(store, blobs):
+    """What the read-ahead is for beyond having the bytes in memory: after ``POSIX_FADV_WILLNEED`` the pages are
+    single ones; after ``populate`` they are large folios, cheaper to read (measured in FileSystemStore.populate)."""
+    path = store.path(blobs[0])
+    store.will_need(blobs[0])
+    assert wait_until_resident([path])
+    assert pages_in_large_folios(path) == 0
+    assert store.populate(blobs[1]) == SIZE
+    assert resident_pages(store.path(blobs[1])) == -(-SIZE // 4096)  # every page, the last partial one too
+    if transparent_hugepages_enabled():
+        assert pages_in_large_folios(store.path(blobs[1])) >= SIZE // 4096 // 2
+    assert store.populate("f" * 64) == 0
+    assert store.populate(store.put(b"")[0]) == 0
+
+
+def test_without_the_madvise_advice_the_kernel_is_asked_to_read_instead(store, blobs, monkeypatch, caplog):
+    """Before Linux 5.14 MADV_POPULATE_READ is EINVAL: the read-ahead falls back to POSIX_FADV_WILLNEED and
+    the last pages, for this request and the next."""
+    calls: list[str] = []
+
+    def unsupported(key: str) -> int:
+        calls.append(key)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(store, "populate", unsupported)
+    caplog.set_level(logging.INFO, logger="telerad.storage.readahead")
+    ra = Readahead(store, 1 << 30)
+    assert ra.request("old-kernel", lambda: blobs)
+    _wait_done(ra, 1)
+    assert wait_until_resident(_paths(store, blobs))
+    assert calls == blobs[:1] and not ra.populate
+    assert "unavailable" in caplog.text

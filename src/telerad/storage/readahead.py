@@ -3,10 +3,14 @@
 A viewer that opens a series asks for one frame after another as the reader scrolls (PS3.18 10.4.1.1.6).
 When the series' files are not in the page cache (written with ``O_DIRECT``, :mod:`.direct`, or evicted since),
 each of those requests waits on the disk for its whole frame. :class:`Readahead` takes the first request as the
-sign: on a thread of its own it looks up the rest of the series (a function the caller gives) and asks the
-kernel to read each file in the background (``POSIX_FADV_WILLNEED``), so that the next requests find their
-bytes in memory. PACS do the same at series level ("prefetch"); the viewer's own prefetch (OHIF) then finds the
-server's reads already under way.
+sign: on a thread of its own it looks up the rest of the series (a function the caller gives) and reads each
+file into the page cache, one after another, in large folios (``FileSystemStore.populate``: a mapping advised
+``MADV_HUGEPAGE``, faulted in with ``MADV_POPULATE_READ``), so that the next requests find their bytes in memory,
+and every later read of them copies from large folios, with less work per byte (the measurements are at
+``populate``). PACS do the same at series level ("prefetch"); the viewer's own prefetch (OHIF) then finds the
+server's reads already under way. Where the kernel lacks that advice (before Linux 5.14) it asks the kernel to
+read every file in the background instead (``POSIX_FADV_WILLNEED``), then reads each file's last partial page,
+which those reads leave out.
 
 Retrieves of a whole study or series (WADO-RS, C-GET, C-MOVE) read their files one after the other: the same
 read-ahead, given the list, keeps the disk busy ahead of them.
@@ -17,6 +21,7 @@ drops rather than delays the request that asked; the work never raises into a re
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -34,6 +39,8 @@ Keys = Callable[[], Iterable[str]]  # the blobs to read, in the order they will 
 
 
 class _Store(Protocol):
+    def populate(self, key: str) -> int: ...
+
     def will_need(self, key: str) -> int: ...
 
     def read_last_page(self, key: str, size: int) -> None: ...
@@ -54,6 +61,7 @@ class Readahead:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self.done = 0  # requests carried out (for tests and logs)
+        self.populate = True  # read in large folios (FileSystemStore.populate) until the kernel refuses
 
     @property
     def enabled(self) -> bool:
@@ -103,15 +111,31 @@ class Readahead:
     def _read(self, keys: Keys) -> None:
         budget = self.max_bytes
         queued: list[tuple[str, int]] = []
-        for key in keys():  # the kernel's reads of every file are queued first ...
-            size = self.store.will_need(key)
-            queued.append((key, size))
+        for key in keys():
+            size = self._populate(key)
+            if size is None:  # the kernel's reads of the file are queued (WILLNEED) ...
+                size = self.store.will_need(key)
+                queued.append((key, size))
             budget -= size
             if budget <= 0:
                 break
         for key, size in queued:  # ... then the last partial pages, which those reads leave out, one by one
             if size % PAGE:
                 self.store.read_last_page(key, size)
+
+    def _populate(self, key: str) -> int | None:
+        """The blob read in large folios (its size), or None when that failed: the caller asks WILLNEED."""
+        if not self.populate:
+            return None
+        try:
+            return self.store.populate(key)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS):
+                self.populate = False
+                log.info("read-ahead in large folios unavailable (%s); asking the kernel to read instead", exc)
+            else:
+                log.debug("read-ahead of %s in large folios failed", key, exc_info=True)
+            return None
 
     def close(self) -> None:
         with self._lock:
