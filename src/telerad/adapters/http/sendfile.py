@@ -168,7 +168,7 @@ def _fill(segments: Sequence[Segment], p: _Progress) -> None:
         if isinstance(seg, bytes):
             size = len(seg)
             n = min(size - p.offset, cap - p.hi)
-            buf[p.hi:p.hi + n] = seg[p.offset:p.offset + n]
+            buf[p.hi:p.hi + n] = memoryview(seg)[p.offset:p.offset + n]
         else:
             size = seg.size
             if p.file is None:
