@@ -192,14 +192,7 @@ def study_ceiling(study_bytes: int, runs: int) -> float:
     body = chunk * (study_bytes // len(chunk)) + chunk[:study_bytes % len(chunk)]
     srv = _FixedServer(body, "application/octet-stream")
     try:
-        walls = []
-        for _ in range(runs):
-            r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download} %{time_total}",
-                                f"http://127.0.0.1:{srv.port}/study"], capture_output=True, text=True, timeout=600)
-            got, total = r.stdout.split()
-            if int(got) != study_bytes:
-                raise RuntimeError(f"reference study server sent {got} of {study_bytes} bytes")
-            walls.append(float(total))
+        walls = [_curl_seconds(f"http://127.0.0.1:{srv.port}/study", study_bytes) for _ in range(runs)]
         return study_bytes / statistics.median(walls) / 1e6
     finally:
         srv.close()
