@@ -4,6 +4,7 @@ requests, HEAD, a stored file shorter than promised and a client that leaves mid
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
@@ -297,3 +298,28 @@ def test_tls_connections_get_no_extension_and_the_same_bytes(files: Files, tmp_p
         r = httpx.get(f"https://127.0.0.1:{port}/ok", timeout=30, verify=ctx)
         assert r.content == files.expected()
     assert files.offered == [False]
+
+
+@pytest.mark.parametrize(("batch", "calls"), [(None, 1), (6 << 20, 2)])
+def test_segments_go_to_the_extension_in_one_call_unless_batches_are_asked_for(
+        files: Files, batch: int | None, calls: int) -> None:
+    """One call: between batches the socket was uncorked and the thread handed back, and the client waited."""
+    segments = files.segments()
+    seen: list[list[sendfile.Segment]] = []
+    messages: list[dict[str, Any]] = []
+
+    async def send_segments(batch_: Any) -> None:
+        seen.append(list(batch_))
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    async def nothing() -> AsyncIterator[bytes]:
+        yield b""
+
+    scope = {"type": "http", "method": "GET", "extensions": {sendfile.EXTENSION: {"send": send_segments}}}
+    asyncio.run(SegmentsResponse(segments, nothing(), "application/octet-stream", batch=batch)(scope, None, send))
+    assert len(seen) == calls
+    assert [s for b in seen for s in b] == segments
+    assert messages[0]["type"] == "http.response.start" and messages[-1] == {
+        "type": "http.response.body", "body": b"", "more_body": False}

@@ -296,12 +296,17 @@ class SendfileProtocol(HttpToolsProtocol):
 
 
 class SegmentsResponse(StreamingResponse):
-    """A response whose body is ``segments`` (its Content-Length their total): sent with :data:`EXTENSION` in
-    batches of about ``batch`` bytes where the server offers it, else streamed from ``fallback``, which must
-    produce the same bytes."""
+    """A response whose body is ``segments`` (its Content-Length their total): sent with :data:`EXTENSION`
+    where the server offers it, else streamed from ``fallback``, which must produce the same bytes.
+
+    The extension gets all the segments in one call unless ``batch`` asks for calls of about that many bytes.
+    In batches of 16 MB (as before), each batch ended with the socket uncorked and the thread handed back to the
+    event loop; meanwhile the client emptied the socket and waited for the next. One call, A/B with curl on the
+    AMD VM, a 250-instance CT study (131 MB), fresh servers, 20 requests each, alternating: 2,216 -> 2,511 and
+    2,057 -> 2,174 MB/s median, the event loop's CPU per request 4.0-4.5 -> 2.0-3.0 ms (docs/benchmarks.md)."""
 
     def __init__(self, segments: Sequence[Segment], fallback: Any, media_type: str,
-                 batch: int = 16 << 20) -> None:
+                 batch: int | None = None) -> None:
         super().__init__(fallback, media_type=media_type,
                          headers={"Content-Length": str(sum(segment_size(s) for s in segments))})
         self.segments = segments
@@ -316,11 +321,12 @@ class SegmentsResponse(StreamingResponse):
             await self.body_iterator.aclose()  # type: ignore[attr-defined]
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         start, size = 0, 0
-        for i, seg in enumerate(self.segments):
-            size += segment_size(seg)
-            if size >= self.batch:
-                await send_segments(self.segments[start:i + 1])
-                start, size = i + 1, 0
+        if self.batch is not None:
+            for i, seg in enumerate(self.segments):
+                size += segment_size(seg)
+                if size >= self.batch:
+                    await send_segments(self.segments[start:i + 1])
+                    start, size = i + 1, 0
         if start < len(self.segments):
             await send_segments(self.segments[start:])
         await send({"type": "http.response.body", "body": b"", "more_body": False})
