@@ -8,7 +8,6 @@ import time
 
 import pytest
 from sqlalchemy import delete, select, update
-from sqlalchemy import event as sa_event
 
 from telerad.config import Settings
 from telerad.context import Context
@@ -176,26 +175,27 @@ def test_search_filters(ctx):
     assert total == 3 and rows[0]["actor"] == "alice" and rows[0]["site"] == "RC"
 
 
-def test_records_arriving_together_share_one_commit(ctx):
+def test_records_arriving_together_share_one_commit(ctx, monkeypatch):
     """The writer lingers (AuditLog.LINGER) so a burst of requests costs one commit, not one fsync each;
     flush() does not wait out the linger, and every record is in the chain."""
     ctx.audit.flush()
     commits: list[int] = []
+    original = audit.append
 
-    def count(conn: object) -> None:
-        commits.append(1)
+    def count(db: object, key: bytes, batch: list[Event]) -> None:  # one transaction, committed, per call
+        original(db, key, batch)  # type: ignore[arg-type]
+        commits.append(len(batch))
 
     ctx.audit.LINGER = 2.0  # so the spacing below stays well inside it however slow the machine
-    sa_event.listen(ctx.db.engine, "commit", count)
-    try:
-        for i in range(20):
-            ctx.audit.record(Event(Action.QUERY, actor=f"burst-{i}"))
-            time.sleep(0.005)  # requests a few ms apart: without the linger, about one commit each
-        ctx.audit.flush()
-    finally:
-        sa_event.remove(ctx.db.engine, "commit", count)
+    monkeypatch.setattr(audit, "append", count)
+    for i in range(20):
+        ctx.audit.record(Event(Action.QUERY, actor=f"burst-{i}"))
+        time.sleep(0.005)  # requests a few ms apart: without the linger, about one commit each
+    ctx.audit.flush()
+    monkeypatch.undo()
     with ctx.db.session() as s:
         actors = s.execute(select(AuditEvent.actor).where(AuditEvent.actor.like("burst-%"))).scalars().all()
     assert sorted(actors) == sorted(f"burst-{i}" for i in range(20))
+    assert sum(commits) == 20
     assert 1 <= len(commits) <= 2
     assert _verify(ctx).ok
