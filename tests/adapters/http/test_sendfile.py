@@ -308,7 +308,8 @@ def test_segments_go_to_the_extension_in_one_call_unless_batches_are_asked_for(
     seen: list[list[sendfile.Segment]] = []
     messages: list[dict[str, Any]] = []
 
-    async def send_segments(batch_: Any) -> None:
+    async def send_segments(batch_: Any, size: int | None = None) -> None:
+        assert size is None or size == sum(map(sendfile.segment_size, batch_))
         seen.append(list(batch_))
 
     async def send(message: dict[str, Any]) -> None:

@@ -9,7 +9,8 @@ read + write from a bare uvicorn app 3.0-3.6 GB/s median, ``sendfile`` from the 
 ASGI servers may offer extensions in ``scope["extensions"]`` (ASGI HTTP spec, "Extensions"). uvicorn has no
 zero-copy send, so :class:`SendfileProtocol` (uvicorn's httptools protocol, given to ``uvicorn.Config(http=)``)
 offers :data:`EXTENSION` on plain-TCP connections: ``scope["extensions"][EXTENSION]["send"]`` is an async
-callable taking a sequence of segments, each ``bytes`` or a :class:`FilePart`. An application sends
+callable taking a sequence of segments, each ``bytes`` or a :class:`FilePart` (and, optionally, ``size=`` their
+total, when the application knows it). An application sends
 ``http.response.start`` (with Content-Length) as usual, then any number of segment batches, then the final
 empty ``http.response.body``. Over TLS (the kernel cannot encrypt) and under other servers the extension is
 absent and the application streams as before.
@@ -80,7 +81,7 @@ class FilePart(NamedTuple):
 
 
 Segment = bytes | FilePart
-SendSegments = Callable[[Sequence[Segment]], Awaitable[None]]
+SendSegments = Callable[..., Awaitable[None]]  # (segments, size=None): size, when given, is their total
 
 
 def segment_size(segment: Segment) -> int:
@@ -198,12 +199,13 @@ class _SendfileCycle(RequestResponseCycle):
 
     copied_files = False  # files copied through a buffer rather than sent by sendfile (a loopback peer)
 
-    async def send_segments(self, segments: Sequence[Segment]) -> None:
+    async def send_segments(self, segments: Sequence[Segment], size: int | None = None) -> None:
         if not self.response_started or self.response_complete:
             raise RuntimeError("segments can only be sent between http.response.start and the last body")
         if self.chunked_encoding:
             raise RuntimeError("segments need a response with Content-Length")
-        total = sum(segment_size(s) for s in segments)
+        # A caller that knows the total says so: summing a study's parts here took ~0.2 ms of the event loop.
+        total = sum(map(segment_size, segments)) if size is None else size
         if total > self.expected_content_length:
             raise RuntimeError("Response content longer than Content-Length")
         self.expected_content_length -= total
@@ -307,8 +309,8 @@ class SegmentsResponse(StreamingResponse):
 
     def __init__(self, segments: Sequence[Segment], fallback: Any, media_type: str,
                  batch: int | None = None) -> None:
-        super().__init__(fallback, media_type=media_type,
-                         headers={"Content-Length": str(sum(segment_size(s) for s in segments))})
+        self.size = sum(map(segment_size, segments))
+        super().__init__(fallback, media_type=media_type, headers={"Content-Length": str(self.size)})
         self.segments = segments
         self.batch = batch
 
@@ -327,7 +329,9 @@ class SegmentsResponse(StreamingResponse):
                 if size >= self.batch:
                     await send_segments(self.segments[start:i + 1])
                     start, size = i + 1, 0
-        if start < len(self.segments):
+        if start == 0:
+            await send_segments(self.segments, size=self.size)
+        elif start < len(self.segments):
             await send_segments(self.segments[start:])
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
