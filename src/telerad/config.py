@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     # background, up to this many MiB (storage/readahead.py); 0: off. Retrieves of several instances (WADO-RS,
     # C-GET, C-MOVE) read their selection ahead the same way.
     readahead_series_mb: int = Field(1024, ge=0)
+    # Keep the read-ahead's mappings of blobs, up to this many MiB, and send files to a loopback peer (a reverse
+    # proxy, a local client) from them: one copy in the server instead of two (storage/mappings.py); 0: off.
+    # Address space, not memory: the pages are the page cache's, but they count in the process's resident size.
+    mapped_blobs_mb: int = Field(4096, ge=0)
     max_rows: int = 65535
     max_columns: int = 65535
     max_frames: int = 100_000

@@ -27,7 +27,8 @@ class Context:
         if migrate:
             upgrade(db.engine)
         audit = AuditLog(db, load_key(settings.audit_key_path, db))
-        blobs = FileSystemStore(settings.blob_dir, direct_write=settings.blob_direct_write)
+        blobs = FileSystemStore(settings.blob_dir, direct_write=settings.blob_direct_write,
+                                mapping_bytes=settings.mapped_blobs_mb << 20)
         readahead = Readahead(blobs, settings.readahead_series_mb << 20)
         return cls(settings=settings, db=db, blobs=blobs, audit=audit, readahead=readahead)
 

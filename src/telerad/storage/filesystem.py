@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from telerad.storage import direct
+from telerad.storage.mappings import MappingCache
 
 log = logging.getLogger(__name__)
 # madvise(2) advice (Linux 5.14): fault in every page of a mapping now; not named in Python 3.11's mmap module.
@@ -119,8 +120,9 @@ class FileSystemStore:
     """``direct_write``: :meth:`put` writes new blobs with ``O_DIRECT`` (:mod:`.direct`), falling back to
     buffered writes for good where the file system refuses it."""
 
-    def __init__(self, root: Path, direct_write: bool = False) -> None:
+    def __init__(self, root: Path, direct_write: bool = False, mapping_bytes: int = 0) -> None:
         self.direct_write = direct_write
+        self.mappings = MappingCache(mapping_bytes)
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(exist_ok=True)
@@ -177,6 +179,7 @@ class FileSystemStore:
             if self._stager is not None and self._stager_pid == os.getpid():
                 self._stager.shutdown(wait=True)
             self._stager = None
+        self.mappings.clear()
 
     def exists(self, key: str) -> bool:
         """Whether the blob is stored. ``os.access`` rather than ``os.path.exists``: no stat result is built, and a
@@ -439,8 +442,9 @@ class FileSystemStore:
 
     def populate(self, key: str) -> int:
         """Read the blob into the page cache now, in large folios where the kernel allows: map it, advise
-        ``MADV_HUGEPAGE``, fault every page in (``MADV_POPULATE_READ``, madvise(2)) and unmap. The blob's size;
-        0 when it is missing or empty. Raises :class:`OSError` where the kernel lacks the advice (``EINVAL``
+        ``MADV_HUGEPAGE``, fault every page in (``MADV_POPULATE_READ``, madvise(2)), and leave the mapping to
+        :attr:`mappings` for the senders (or unmap it when that keeps none). The blob's size; 0 when it is
+        missing or empty. Raises :class:`OSError` where the kernel lacks the advice (``EINVAL``
         before Linux 5.14).
 
         Why not ``POSIX_FADV_WILLNEED``: its reads fill the page cache with single pages, while the kernel's
@@ -460,15 +464,26 @@ class FileSystemStore:
             size = os.fstat(fd).st_size
             if size == 0:
                 return 0
-            with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapping:
+            mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            kept = False
+            try:
                 hugepage = getattr(mmap, "MADV_HUGEPAGE", None)
                 if hugepage is not None:
                     with contextlib.suppress(OSError):  # transparent huge pages off: single pages, still read
                         mapping.madvise(hugepage)
                 mapping.madvise(MADV_POPULATE_READ)
+                kept = self.mappings.put(key, mapping)  # for the senders (storage/mappings.py)
+            finally:
+                if not kept:
+                    mapping.close()
             return size
         finally:
             os.close(fd)
+
+    def mapped(self, key: str) -> memoryview | None:
+        """A read-only view of the whole blob from the kept mappings (:mod:`.mappings`), or None when it has
+        none: the read-ahead (:meth:`populate`) leaves its mappings there."""
+        return self.mappings.get(key)
 
     def read_last_page(self, key: str, size: int) -> None:
         """Read the page holding the blob's last byte into the page cache. ``POSIX_FADV_WILLNEED`` leaves out a
@@ -504,6 +519,7 @@ class FileSystemStore:
         return h.hexdigest() == key
 
     def delete(self, key: str) -> None:
+        self.mappings.discard(key)
         self.path(key).unlink(missing_ok=True)
 
 

@@ -154,3 +154,30 @@ def test_other_site_and_errors_over_http(server, auth):
         == zero_preamble(wire)
     health = requests.get(f"{server}/healthz", timeout=10)
     assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_a_study_read_ahead_is_sent_from_its_mappings(ctx: Context, server, auth, site, monkeypatch) -> None:
+    """Once the read-ahead has mapped a study's blobs, a whole-study retrieve to this loopback client is written
+    from the mappings (storage/mappings.py): with the files made unopenable the body is still every stored file,
+    byte for byte, in the order of the series."""
+    from dicomweb_support import put
+
+    from telerad.archive import retrieve
+
+    stored = [put(ctx, site.id, b) for b in ct_series(("Map^Test", "MAP1", "19600101", "O"), generate_uid(),
+                                                      "MP1", slices=4, size=64)]
+    study = stored[0].study
+    keys = [i.blob_key for i in retrieve.find_instances(ctx, site.id, study)]
+    for key in keys:
+        ctx.blobs.populate(key)
+    assert all(ctx.blobs.mapped(k) is not None for k in keys)
+
+    def no_open(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a mapped blob was opened")
+
+    monkeypatch.setattr(ctx.blobs, "open", no_open)
+    r = requests.get(f"{server}/dicom-web/studies/{study}", timeout=30,
+                     headers={**auth["GH"], "Accept": 'multipart/related; type="application/dicom"'})
+    assert r.status_code == 200, r.text[:300]
+    parts = split_multipart(r.headers["content-type"], r.content)
+    assert [content for _, content in parts] == [zero_preamble(s.data) for s in stored]

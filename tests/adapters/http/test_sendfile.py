@@ -37,13 +37,25 @@ class Files:
         self.offered: list[bool] = []
         self.copied: list[bool] = []  # files copied through a buffer (a loopback peer) rather than sendfile
         self.corked: list[int] = []  # TCP_CORK of the server's socket: as each file was opened, then after
+        self.views = False  # give the files of odd index a mapping (FilePart.view); the third's one byte short
+        self.opened: list[int] = []  # the files opened, by index
 
     def segments(self, short: bool = False) -> list[sendfile.Segment]:
         segs: list[sendfile.Segment] = [b"head\r\n"]
-        for p in self.paths:
+        for i, p in enumerate(self.paths):
             size = p.stat().st_size + (10 if short and p.stat().st_size > 1 << 20 else 0)
-            segs += [FilePart(partial(p.open, "rb"), size), b"--\r\n"]
+            view = partial(self._view, p, cut=i == 3) if self.views and i % 2 else None
+            segs += [FilePart(partial(self._open, i, p), size, view), b"--\r\n"]
         return segs
+
+    def _open(self, i: int, p: Path) -> Any:
+        self.opened.append(i)
+        return p.open("rb")
+
+    @staticmethod
+    def _view(p: Path, cut: bool) -> memoryview:
+        data = p.read_bytes()
+        return memoryview(data[:-1] if cut else data)
 
     def expected(self) -> bytes:
         return b"head\r\n" + b"".join(p.read_bytes() + b"--\r\n" for p in self.paths)
@@ -175,8 +187,10 @@ def test_plain_uvicorn_offers_nothing_and_the_fallback_sends_the_same_bytes(file
     assert files.offered == [False]
 
 
-def test_a_slow_reader_fills_the_socket_and_still_gets_every_byte(files: Files, port: int,
-                                                                  waits: list[int]) -> None:
+@pytest.mark.parametrize("views", [False, True], ids=["files", "mapped"])
+def test_a_slow_reader_fills_the_socket_and_still_gets_every_byte(files: Files, port: int, waits: list[int],
+                                                                  views: bool) -> None:
+    files.views = views
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         s.sendall(_request())
@@ -324,3 +338,21 @@ def test_segments_go_to_the_extension_in_one_call_unless_batches_are_asked_for(
     assert [s for b in seen for s in b] == segments
     assert messages[0]["type"] == "http.response.start" and messages[-1] == {
         "type": "http.response.body", "body": b"", "more_body": False}
+
+
+@pytest.mark.parametrize("buffer", [sendfile.COPY_BYTES, 4096])
+def test_files_with_a_mapping_go_to_a_loopback_peer_from_it(
+        files: Files, buffer: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose mapping is at hand is written from it (in one writev with the framing before it), never
+    opened; a mapping shorter than the file is not used; the body is exact with a buffer of any size. Other
+    peers get sendfile from the file, mapped or not."""
+    files.views = True
+    monkeypatch.setattr(sendfile, "_copy_buffers", BufferPool(buffer, keep=1))
+    for copy in (True, False):
+        monkeypatch.setattr(sendfile, "COPY_FOR_LOOPBACK", copy)
+        files.opened.clear()
+        for port in _serve(files.app, SendfileProtocol):
+            r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
+            assert r.content == files.expected()
+        # file 1 (one byte) is mapped; file 3's mapping is one byte short, so it is read from the file
+        assert files.opened == ([0, 2, 3, 4] if copy else [0, 1, 2, 3, 4])

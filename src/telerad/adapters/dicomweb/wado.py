@@ -85,7 +85,8 @@ def stored_file_response(ctx: Context, inst: StoredInstance, media_type: str) ->
 
 
 def _file(ctx: Context, inst: StoredInstance) -> sendfile.FilePart:
-    return sendfile.FilePart(functools.partial(ctx.blobs.open, inst.blob_key, buffered=False), inst.size)
+    view = functools.partial(ctx.blobs.mapped, inst.blob_key) if ctx.blobs.mappings.enabled else None
+    return sendfile.FilePart(functools.partial(ctx.blobs.open, inst.blob_key, buffered=False), inst.size, view)
 
 
 async def _stored_parts(ctx: Context, parts: list[tuple[bytes, StoredInstance]],

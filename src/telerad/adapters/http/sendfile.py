@@ -74,10 +74,13 @@ _copy_buffers = BufferPool(COPY_BYTES, keep=8)  # one per response being copied;
 
 class FilePart(NamedTuple):
     """``size`` bytes from the start of the file ``open()`` returns (called in the worker thread). A tuple: a
-    whole-study response makes one per instance before its first byte."""
+    whole-study response makes one per instance before its first byte. ``view``, if given, returns the file's
+    bytes mapped (a buffer of at least ``size`` bytes) or None: a loopback peer then gets them written straight
+    from the mapping (:mod:`telerad.storage.mappings`)."""
 
     open: Callable[[], BinaryIO]
     size: int
+    view: Callable[[], memoryview | None] | None = None
 
 
 Segment = bytes | FilePart
@@ -97,7 +100,8 @@ def sender(scope: Any) -> SendSegments | None:
 @dataclass
 class _Progress:
     """Where a batch stands between thread calls: segment index, bytes of it done, its open file; when copying,
-    the buffer and the part of it not yet written (``buf[lo:hi]``)."""
+    the buffer and the part of it not yet written (``buf[lo:hi]``), and the mapped file being written after it
+    (``view``, the segment at ``index``, ``offset`` of its bytes done)."""
 
     index: int = 0
     offset: int = 0
@@ -105,11 +109,13 @@ class _Progress:
     buf: memoryview | None = field(default=None, repr=False)
     lo: int = 0
     hi: int = 0
+    view: memoryview | None = field(default=None, repr=False)
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
+        self.view = None
 
 
 def _push(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
@@ -143,15 +149,27 @@ def _push(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
 
 
 def _push_copied(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
-    """:func:`_push` for a loopback peer: the buffer filled with the next segments' bytes, written, again."""
+    """:func:`_push` for a loopback peer: the buffer filled with the next segments' bytes, written, again; a
+    file with a mapping is written from it, in the same ``writev`` as the buffer's bytes before it."""
     assert p.buf is not None
     while True:
-        if p.lo < p.hi:
+        if p.lo < p.hi or p.view is not None:
+            pending = [p.buf[p.lo:p.hi]] if p.lo < p.hi else []
+            if p.view is not None:
+                pending.append(p.view[p.offset:])
             try:
-                p.lo += os.write(fd, p.buf[p.lo:p.hi])
+                sent = os.writev(fd, pending)
             except BlockingIOError:
                 if not _room(fd, THREAD_WAIT_S):
                     return False
+                continue
+            copied = min(sent, p.hi - p.lo)
+            p.lo += copied
+            if p.view is not None:
+                p.offset += sent - copied
+                if p.offset >= len(p.view):
+                    p.view = None
+                    p.index, p.offset = p.index + 1, 0
             continue
         if p.index >= len(segments):
             return True
@@ -160,7 +178,8 @@ def _push_copied(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
 
 def _fill(segments: Sequence[Segment], p: _Progress) -> None:
     """Copy the bytes of the segments from ``p`` on into ``p.buf`` until it is full or they end; files are read
-    with pread(2), and one shorter than promised raises :class:`OSError`."""
+    with pread(2), and one shorter than promised raises :class:`OSError`. A file not yet begun whose mapping is
+    at hand ends the fill: ``p.view`` is set to its bytes, written after the buffer's."""
     assert p.buf is not None
     buf, cap = p.buf, len(p.buf)
     p.lo = p.hi = 0
@@ -172,6 +191,11 @@ def _fill(segments: Sequence[Segment], p: _Progress) -> None:
             buf[p.hi:p.hi + n] = memoryview(seg)[p.offset:p.offset + n]
         else:
             size = seg.size
+            if p.file is None and p.offset == 0 and seg.view is not None and size:
+                view = seg.view()
+                if view is not None and len(view) >= size:
+                    p.view = view[:size]
+                    return
             if p.file is None:
                 p.file = seg.open()
             n = min(size - p.offset, cap - p.hi)
