@@ -37,7 +37,7 @@ from telerad.archive.parse import (
     parse_object,
 )
 from telerad.context import Context
-from telerad.db.compiled import Compiled
+from telerad.db.compiled import Compiled, PerDialect
 from telerad.db.models import Instance, Patient, Series, StoreConflict, Study
 from telerad.storage.filesystem import Staged
 
@@ -228,14 +228,7 @@ class _Statements:
         self.bump_study_new_series = c(_BUMP_STUDY_NEW_SERIES)
 
 
-_STATEMENTS: dict[str, _Statements] = {}
-
-
-def _statements(dialect: Dialect) -> _Statements:
-    found = _STATEMENTS.get(dialect.name)
-    if found is None:
-        found = _STATEMENTS[dialect.name] = _Statements(dialect)
-    return found
+_statements = PerDialect(_Statements)
 
 
 def _index(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, key: str, size: int,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import ClauseElement, Dialect
 from sqlalchemy.sql import Select
@@ -108,4 +108,21 @@ class CompiledCache:
         if len(self._found) >= self.max_size:
             self._found.clear()
         self._found[k] = found
+        return found
+
+
+T = TypeVar("T")
+
+
+class PerDialect(Generic[T]):
+    """``factory(dialect)`` made once per dialect name, on first use: a module's set of compiled statements."""
+
+    def __init__(self, factory: Callable[[Dialect], T]) -> None:
+        self._factory = factory
+        self._made: dict[str, T] = {}
+
+    def __call__(self, dialect: Dialect) -> T:
+        found = self._made.get(dialect.name)
+        if found is None:
+            found = self._made[dialect.name] = self._factory(dialect)
         return found

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Dialect, bindparam, func, insert, select, update
 
-from telerad.db.compiled import Compiled
+from telerad.db.compiled import Compiled, PerDialect
 from telerad.db.models import AuditEvent, AuditHead, Patient, Study
 from telerad.db.session import Database
 
@@ -254,14 +254,7 @@ class _Statements:
         self.move_head = Compiled(_MOVE_HEAD, dialect)
 
 
-_STATEMENTS: dict[str, _Statements] = {}
-
-
-def _statements(dialect: Dialect) -> _Statements:
-    found = _STATEMENTS.get(dialect.name)
-    if found is None:
-        found = _STATEMENTS[dialect.name] = _Statements(dialect)
-    return found
+_statements = PerDialect(_Statements)
 
 
 def _fill_patient(cur: Any, q: _Statements, batch: list[Event]) -> None:
