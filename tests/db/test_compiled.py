@@ -6,8 +6,9 @@ from datetime import datetime
 
 import pytest
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from telerad.db.compiled import Compiled, CompiledCache, NotCompilable
+from telerad.db.compiled import Compiled, CompiledCache, NotCompilable, PerDialect
 from telerad.db.models import ApiToken, Site, User
 from telerad.security import tokens, users
 from telerad.security.auth import utcnow
@@ -83,3 +84,10 @@ def test_an_expanding_in_is_left_to_sqlalchemy(ctx):
     assert first is not None and cache.get("plain", plain, ctx.db.engine.dialect) is first
     cache.get("third", select(User.id), ctx.db.engine.dialect)  # over max_size: the cache starts again
     assert cache.get("plain", plain, ctx.db.engine.dialect) is not first
+
+
+def test_per_dialect_makes_one_set_per_dialect_name():
+    made = []
+    per = PerDialect(lambda d: made.append(d.name) or len(made))
+    assert [per(sqlite.dialect()), per(sqlite.dialect()), per(postgresql.dialect())] == [1, 1, 2]
+    assert made == ["sqlite", "postgresql"]
