@@ -166,3 +166,126 @@ def test_a_dbapi_write_commits_at_the_end_and_rolls_back_on_error(ctx, site):
     with ctx.db.engine.connect() as conn:
         assert conn.execute(text("SELECT name FROM sites WHERE id = :i"), {"i": site.id}).scalar() == "Renamed"
     assert ctx.db.engine.pool.checkedout() == 0
+
+
+def _on_event_loop_thread(ctx, work):
+    """Run ``work()`` on a thread registered as the event loop's; its result (or its exception, raised here)."""
+    import threading
+
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        ctx.db.serve_event_loop()
+        try:
+            out["result"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            out["error"] = exc
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    assert not t.is_alive()
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["result"]
+
+
+def _idle(conn) -> bool:
+    """Whether the driver connection is outside any transaction (sqlite3 or psycopg)."""
+    if hasattr(conn, "in_transaction"):
+        return not conn.in_transaction
+    from psycopg.pq import TransactionStatus
+
+    return conn.info.transaction_status == TransactionStatus.IDLE
+
+
+def test_the_event_loop_reads_on_one_kept_connection_outside_any_transaction(ctx, site):
+    """The event loop's reads (token checks, frame lookups) share one driver connection instead of a checkout
+    from the pool each, and leave no transaction open: a write committed by another thread in between is seen
+    by the next read."""
+    db = ctx.db
+
+    def count() -> tuple[int, object, bool]:
+        with db.dbapi_read() as cur:
+            cur.execute("SELECT count(*) FROM instances")
+            n = cur.fetchone()[0]
+            conn = cur.connection
+        return n, conn, _idle(conn)
+
+    def work() -> list[tuple[int, object, bool]]:
+        first = count()
+        for raw in ct_series(("Kept^Conn", "K1", "19700101", "F"), generate_uid(), "A", 2, 16):
+            t = threading.Thread(target=lambda raw=raw: store(ctx, site.id, raw))  # another thread writes
+            t.start()
+            t.join(30)
+        return [first, count()]
+
+    import threading
+
+    checkouts: list[bool] = []  # per checkout from any pool: whether the event loop thread made it
+
+    def work_counted() -> list[tuple[int, object, bool]]:
+        count()  # opens the kept connection
+        from sqlalchemy import event
+
+        loop = threading.get_ident()
+        for engine in db._engines():
+            event.listen(engine, "checkout", lambda *a: checkouts.append(threading.get_ident() == loop))
+        return work()
+
+    (before, conn1, idle1), (after, conn2, idle2) = _on_event_loop_thread(ctx, work_counted)
+    assert (before, after) == (0, 2)
+    assert conn1 is conn2
+    assert idle1 and idle2
+    assert checkouts and not any(checkouts)  # the stores took connections; the event loop's reads none
+
+
+def test_the_kept_connection_is_replaced_after_analyze_and_after_a_driver_error(ctx):
+    """After ANALYZE the next read opens a new connection (SQLite plans with the statistics a connection loaded),
+    but never under a read still in progress; a driver error drops the connection and the next read opens one."""
+    db = ctx.db
+    sqlite = db.engine.dialect.name == "sqlite"
+
+    def conn_of_read() -> object:
+        with db.dbapi_read() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchall()
+            return cur.connection
+
+    def work() -> dict[str, object]:
+        seen: dict[str, object] = {"first": conn_of_read()}
+        with db.dbapi_read() as outer:
+            db.analyze()
+            seen["nested"] = conn_of_read()  # the outer read's connection stays
+            outer.execute("SELECT 2")
+            seen["outer"] = outer.fetchall()[0][0]
+        seen["after_analyze"] = conn_of_read()
+        try:
+            with db.dbapi_read() as cur:
+                cur.execute("SELECT * FROM no_such_table")
+        except db.engine.dialect.dbapi.Error as exc:
+            seen["error"] = type(exc).__name__
+        seen["after_error"] = conn_of_read()
+        return seen
+
+    seen = _on_event_loop_thread(ctx, work)
+    assert seen["nested"] is seen["first"] and seen["outer"] == 2
+    assert "error" in seen
+    assert seen["after_error"] is not seen["after_analyze"]
+    if sqlite:
+        assert seen["after_analyze"] is not seen["first"]
+    else:  # PostgreSQL shares statistics between sessions: nothing to reopen for
+        assert seen["after_analyze"] is seen["first"]
+
+
+def test_dispose_closes_the_kept_connection(ctx):
+    def work() -> object:
+        with ctx.db.dbapi_read() as cur:
+            return cur.connection
+
+    conn = _on_event_loop_thread(ctx, work)
+    ctx.db.dispose()
+    import pytest
+
+    with pytest.raises(ctx.db.engine.dialect.dbapi.Error):
+        conn.cursor().execute("SELECT 1")

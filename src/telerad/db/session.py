@@ -57,7 +57,10 @@ class Database:
     :mod:`telerad.adapters.http.offload`) and registers with :meth:`serve_event_loop`: from then on the
     connections it takes come from a small pool of its own. Taken from the shared pool, a burst of
     thread-pool requests holding every connection would stop the event loop, and with it every HTTP
-    request, until one came back.
+    request, until one came back. Its one-statement reads (:meth:`dbapi_read`: the bearer-token check, a frame's
+    instance lookup, QIDO-RS) go through one connection it keeps instead (:class:`_Reader`). Measured per
+    read of ``SELECT 1``: 640 -> 160-196 us on PostgreSQL (the pool's liveness check and reset are round trips),
+    18.4 -> 6.6 us on SQLite.
     """
 
     def __init__(self, url: str) -> None:
@@ -65,6 +68,7 @@ class Database:
         self._shared = make_engine(url)
         self._loop_engine: Engine | None = None
         self._loop_thread: int | None = None
+        self._loop_reader: _Reader | None = None
         self._factory = sessionmaker(expire_on_commit=False)
         # SQLite has one writer at a time, and its busy handler polls: writers queue on a lock instead, this
         # process's threads and other processes (DIMSE workers, ``telerad import``) alike (:mod:`.writelock`).
@@ -85,6 +89,7 @@ class Database:
             return  # an in-memory SQLite database exists once per engine: there is no second pool to open
         if self._loop_engine is None:
             self._loop_engine = make_engine(self.url, pool_size=2)
+            self._loop_reader = _Reader(self._loop_engine)
         self._loop_thread = threading.get_ident()
 
     def _engines(self) -> list[Engine]:
@@ -144,7 +149,16 @@ class Database:
         """A bare DBAPI cursor for a read of one statement (:mod:`telerad.db.compiled`): the bearer-token check
         and QIDO-RS run one per request. SQLite runs it in autocommit mode (see make_engine), one statement
         being its own read transaction; on PostgreSQL the pool rolls the driver's transaction back when the
-        connection returns."""
+        connection returns.
+
+        On the event loop thread the cursor comes from one connection kept open for its reads (:class:`_Reader`):
+        a checkout from the pool and the return cost ~0.1 ms of the ~0.75 ms a frame request spends there, and
+        a request reads twice (the token, then the instance)."""
+        reader = self._loop_reader
+        if reader is not None and self.on_event_loop():
+            with reader.cursor() as cur:
+                yield cur
+            return
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
@@ -192,13 +206,73 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             for engine in self._engines():
                 engine.dispose()
+            if self._loop_reader is not None:
+                self._loop_reader.reopen()
 
     def count_instances(self) -> int:
         with self.engine.connect() as conn:
             return int(conn.exec_driver_sql("SELECT count(*) FROM instances").scalar_one())
 
     def dispose(self) -> None:
+        if self._loop_reader is not None:
+            self._loop_reader.close()
         for engine in self._engines():
             engine.dispose()
         if self._writer is not None:
             self._writer.close()
+
+
+class _Reader:
+    """One driver connection kept open for a single thread's one-statement reads (the event loop's).
+
+    In autocommit mode, so each statement is its own read transaction, as a pooled connection's read is:
+    SQLite's connections are in it already (see :func:`make_engine`), psycopg's is put in it. A driver error
+    closes the connection, and the next read opens a new one (after a database restart, say). :meth:`reopen`
+    may be called from any thread: the owner replaces its connection before its next read.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._conn: Any = None
+        self._wanted = 0  # bumped by reopen(); the connection in use was opened at generation ``_opened``
+        self._opened = 0
+        self._open_cursors = 0  # a read inside another's block keeps the connection the outer one reads from
+
+    @contextmanager
+    def cursor(self) -> Iterator[Any]:
+        if self._conn is None or (self._opened != self._wanted and not self._open_cursors):
+            self.close()
+            self._opened = self._wanted
+            self._conn = self._open()
+        conn = self._conn
+        cur = conn.cursor()
+        self._open_cursors += 1
+        try:
+            yield cur
+        except self._engine.dialect.dbapi.Error:  # type: ignore[union-attr]
+            if self._conn is conn:
+                self.close()
+            raise
+        finally:
+            self._open_cursors -= 1
+            cur.close()
+
+    def _open(self) -> Any:
+        fairy = self._engine.raw_connection()  # through the pool's connect hooks (SQLite's pragmas)
+        conn: Any = fairy.driver_connection
+        fairy.detach()  # then out of the pool: this reader closes it
+        if self._engine.dialect.name != "sqlite":
+            conn.rollback()  # out of the transaction the pool's liveness check may have begun
+            conn.autocommit = True
+        return conn
+
+    def reopen(self) -> None:
+        self._wanted += 1
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - a broken connection is being dropped anyway
+                pass
