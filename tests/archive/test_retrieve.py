@@ -127,6 +127,60 @@ def test_unaligned_one_bit_frames_are_cut_from_the_bit_stream(ctx, site):
         assert list(unpacked[:9]) == list(bits[i * 9:(i + 1) * 9])
 
 
+def _unopenable(monkeypatch, ctx) -> None:
+    monkeypatch.setattr(ctx.blobs, "open", lambda *a, **k: pytest.fail("a mapped blob must not be opened"))
+
+
+def test_frames_come_from_the_kept_mapping_once_the_read_ahead_mapped_the_blob(ctx, site, monkeypatch):
+    """After the read-ahead (populate) a native frame is a slice of the blob's mapping, no file opened; a frame
+    in several fragments is joined from it. The bytes are the frame's either way."""
+    if not ctx.blobs.mappings.enabled:
+        pytest.fail("the kept mappings are on by default")
+    native = put(ctx, site.id, mr_like(frames=5, size=8))
+    px = read(native.data).PixelData
+    ds = read(sample_file("examples_ybr_color.dcm"))
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate(frames[:3], fragments_per_frame=2)  # each frame split over two fragments
+    ds.NumberOfFrames = 3
+    from pydicom.filebase import DicomBytesIO
+
+    buf = DicomBytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    split = put(ctx, site.id, buf.getvalue())
+    insts = [retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop) for s in (native, split)]
+    assert len(json.loads(insts[1].frames_json)[0]) == 2
+    for inst in insts:
+        assert ctx.blobs.populate(inst.blob_key) == inst.size
+    _unopenable(monkeypatch, ctx)
+    parts = retrieve.frames(ctx, insts[0], [5, 2]).parts
+    assert all(isinstance(p, memoryview) for p in parts)
+    assert [bytes(p) for p in parts] == [px[4 * 128:5 * 128], px[128:256]]
+    assert retrieve.frames(ctx, insts[1], [3, 1]).parts == [frames[2], frames[0]]
+
+
+def test_frames_are_read_from_the_file_when_the_mapping_cannot_serve_them(ctx, site, monkeypatch):
+    """No mapping, a mapping shorter than the frame index says (never expected: blobs are not rewritten), or a
+    big endian file (its frames are swapped): the file is read, as before."""
+    s = put(ctx, site.id, mr_like(frames=2, size=8))
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    expected = retrieve.frames(ctx, inst, [2]).parts
+    assert [type(p) for p in expected] == [bytes]
+    opened: list[str] = []
+    real_open = ctx.blobs.open
+    monkeypatch.setattr(ctx.blobs, "open", lambda key, *a, **k: opened.append(key) or real_open(key, *a, **k))
+    short = memoryview(ctx.blobs.path(inst.blob_key).read_bytes()[:-1])
+    monkeypatch.setattr(ctx.blobs, "mapped", lambda key: short)
+    assert retrieve.frames(ctx, inst, [2]).parts == expected and opened == [inst.blob_key]
+    big = put(ctx, site.id, sample_file("MR_small_bigendian.dcm"))
+    binst = retrieve.get_instance(ctx, site.id, big.study, big.series, big.sop)
+    whole = memoryview(ctx.blobs.path(binst.blob_key).read_bytes())
+    monkeypatch.setattr(ctx.blobs, "mapped", lambda key: whole)
+    assert retrieve.frames(ctx, binst, [1]).parts == [read(big.data).pixel_array.astype("<u2").tobytes()]
+    assert opened[-1] == binst.blob_key
+
+
 def test_frame_list_parsing():
     assert retrieve.parse_frame_list("1,3, 2") == [1, 3, 2]
     for bad in ("", "0", "a", "1,", "-2", "1.0"):

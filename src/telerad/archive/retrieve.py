@@ -51,7 +51,8 @@ PIXEL_MEDIA_TYPES = {
 }
 OCTET_STREAM = "application/octet-stream"
 PIXEL_DATA = 0x7FE00010
-_Q = TypeVar("_Q", bound=Select)  # type: ignore[type-arg]
+_Q = TypeVar("_Q", bound=Select)
+Piece = bytes | memoryview  # a frame as read, or as a slice of the blob's mapping  # type: ignore[type-arg]
 
 
 class NotFound(LookupError):
@@ -79,9 +80,10 @@ class StoredInstance(NamedTuple):
 
 @dataclass(frozen=True)
 class PixelPayload:
-    """Frames (or bulk data parts) with the media type and transfer syntax they are encoded in."""
+    """Frames (or bulk data parts) with the media type and transfer syntax they are encoded in. A part may be a
+    read-only view of the blob's kept mapping (:func:`frames`)."""
 
-    parts: list[bytes]
+    parts: list[Piece]
     media_type: str
     transfer_syntax_uid: str
 
@@ -245,12 +247,15 @@ def frames(ctx: Context, inst: StoredInstance, numbers: list[int]) -> PixelPaylo
     media_type, ts = pixel_media_type(inst.transfer_syntax_uid)
     if inst.frames_json:
         index: list[list[list[int]]] = json.loads(inst.frames_json)
+        view = ctx.blobs.mapped(inst.blob_key) if inst.transfer_syntax_uid != ExplicitVRBigEndian else None
+        if view is not None and all(o + n <= len(view) for i in numbers for o, n in index[i - 1]):
+            return PixelPayload([_mapped_fragments(view, index[n - 1]) for n in numbers], media_type, ts)
         with ctx.blobs.open(inst.blob_key) as f:
             parts = [_read_fragments(f, index[n - 1]) for n in numbers]
         if inst.transfer_syntax_uid == ExplicitVRBigEndian:
             ds = pydicom.dcmread(ctx.blobs.path(inst.blob_key), stop_before_pixels=True)
             parts = [_swap(p, int(ds.get("BitsAllocated", 8))) for p in parts]
-        return PixelPayload(parts, media_type, ts)
+        return PixelPayload([*parts], media_type, ts)
     all_frames = _parse_frames(ctx, inst)
     return PixelPayload([all_frames[n - 1] for n in numbers], media_type, ts)
 
@@ -264,6 +269,15 @@ def indexed_frame_bytes(inst: StoredInstance, numbers: list[int]) -> int | None:
     if any(not 1 <= n <= len(index) for n in numbers):
         return None
     return sum(length for n in numbers for _, length in index[n - 1])
+
+
+def _mapped_fragments(view: memoryview, fragments: list[list[int]]) -> Piece:
+    """A frame from the blob's kept mapping (:mod:`telerad.storage.mappings`): a native frame, or one in a single
+    fragment, is a slice of it, which the server hands to the socket without a copy of its own."""
+    if len(fragments) == 1:
+        offset, length = fragments[0]
+        return view[offset:offset + length]
+    return b"".join(view[offset:offset + length] for offset, length in fragments)
 
 
 def _read_fragments(f: Any, fragments: list[list[int]]) -> bytes:

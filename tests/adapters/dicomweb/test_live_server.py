@@ -11,7 +11,7 @@ import pytest
 import requests
 from auth_support import add_user, bearer
 from dicomweb_client.api import DICOMwebClient
-from dicomweb_support import boundary_of, mr_like, read, sample_file, split_multipart, zero_preamble
+from dicomweb_support import Stored, boundary_of, mr_like, read, sample_file, split_multipart, zero_preamble
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.uid import JPEG2000Lossless, generate_uid
@@ -181,3 +181,48 @@ def test_a_study_read_ahead_is_sent_from_its_mappings(ctx: Context, server, auth
     assert r.status_code == 200, r.text[:300]
     parts = split_multipart(r.headers["content-type"], r.content)
     assert [content for _, content in parts] == [zero_preamble(s.data) for s in stored]
+
+
+def test_frames_of_a_mapped_blob_are_sent_from_the_mapping(ctx: Context, server, auth, site, monkeypatch,
+                                                           tmp_path) -> None:
+    """Once the read-ahead has mapped a blob, its frames are slices of the mapping handed to the server as they
+    are (retrieve.frames): with the file made unopenable, the route (a token's first use) and the frames
+    shortcut (the uses after it) both answer every frame byte for byte, a 128 KB frame sent as its own piece."""
+    from dicomweb_support import put
+
+    from telerad.archive import retrieve
+
+    s = put(ctx, site.id, mr_like(frames=3, size=256))
+    inst = retrieve.get_instance(ctx, site.id, s.study, s.series, s.sop)
+    ctx.blobs.populate(inst.blob_key)
+    assert ctx.blobs.mapped(inst.blob_key) is not None
+
+    def no_open(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a mapped blob was opened")
+
+    monkeypatch.setattr(ctx.blobs, "open", no_open)
+    px = read(s.data).PixelData
+    frame = 256 * 256 * 2
+    expected = [px[2 * frame:3 * frame], px[:frame]]
+    _get_frames(server, s, auth["GH"], expected, verify=True)
+    # Over TLS the server encrypts from the same slices.
+    from pki_support import make_ca, make_leaf
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_ca(pki, "ca")
+    make_leaf(pki, "server", "ca", "serverAuth")
+    with uvicorn_thread(create_app(ctx), http=SendfileProtocol, ssl_certfile=str(pki / "server.crt"),
+                        ssl_keyfile=str(pki / "server.key")) as port:
+        _get_frames(f"https://127.0.0.1:{port}", s, auth["GH"], expected, verify=str(pki / "ca.crt"))
+
+
+def _get_frames(base: str, s: Stored, auth: dict[str, str], expected: list[bytes], verify: bool | str) -> None:
+    with requests.Session() as http:
+        for _ in range(3):  # the first a token's first use (the route), then the frames shortcut
+            r = http.get(f"{base}/dicom-web/studies/{s.study}/series/{s.series}/instances/{s.sop}/frames/3,1",
+                         timeout=30, verify=verify,
+                         headers={**auth, "Accept": 'multipart/related; type="application/octet-stream"'})
+            assert r.status_code == 200, r.text[:300]
+            assert [content for _, content in split_multipart(r.headers["content-type"], r.content)] == expected
+            assert int(r.headers["content-length"]) == len(r.content)

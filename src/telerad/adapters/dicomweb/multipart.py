@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 MAX_HEADER_BYTES = 16 * 1024
+Piece = bytes | memoryview  # part content as read, or a view of a kept mapping (sent without a copy)
 
 
 class MultipartError(ValueError):
@@ -38,14 +39,14 @@ def closing(boundary: str) -> bytes:
     return f"--{boundary}--\r\n".encode("latin-1")
 
 
-def stream(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str,
+def stream(parts: Iterable[tuple[dict[str, str], Iterable[Piece]]], boundary: str,
            batch: int = 1 << 20) -> Iterator[bytes]:
     """Body chunks of a multipart message whose parts are (headers, content chunks), produced lazily.
 
     Small pieces are gathered into chunks of at most ``batch`` bytes (many small instances would otherwise
     cost a write each); a larger piece goes out alone. Nothing bigger than that is ever held.
     """
-    pending: list[bytes] = []
+    pending: list[Piece] = []
     size = 0
     for piece in _pieces(parts, boundary):
         if pending and size + len(piece) > batch:
@@ -60,13 +61,13 @@ def stream(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: st
         yield b"".join(pending)
 
 
-def gathered(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str,
-             alone: int = 64 << 10) -> list[bytes]:
+def gathered(parts: Iterable[tuple[dict[str, str], Iterable[Piece]]], boundary: str,
+             alone: int = 64 << 10) -> list[Piece]:
     """The whole body of a multipart message whose parts are in memory, as pieces to send one after another:
     a piece of at least ``alone`` bytes (a frame) is kept as it is, not copied into a joined body; the small
     pieces around it (part headers, delimiters) are joined."""
-    out: list[bytes] = []
-    pending: list[bytes] = []
+    out: list[Piece] = []
+    pending: list[Piece] = []
     for piece in _pieces(parts, boundary):
         if len(piece) < alone:
             pending.append(piece)
@@ -80,7 +81,7 @@ def gathered(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: 
     return out
 
 
-def _pieces(parts: Iterable[tuple[dict[str, str], Iterable[bytes]]], boundary: str) -> Iterator[bytes]:
+def _pieces(parts: Iterable[tuple[dict[str, str], Iterable[Piece]]], boundary: str) -> Iterator[Piece]:
     for headers, chunks in parts:
         yield part_head(boundary, headers)
         yield from chunks

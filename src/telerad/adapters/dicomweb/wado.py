@@ -211,7 +211,7 @@ def payload_response_for(payload: PixelPayload) -> Response:
 class PiecesResponse(Response):
     """A body held in memory as a few pieces, sent one ASGI body message each, with their total length."""
 
-    def __init__(self, pieces: list[bytes], media_type: str) -> None:
+    def __init__(self, pieces: list[multipart.Piece], media_type: str) -> None:
         self.pieces = pieces
         super().__init__(media_type=media_type, headers={"Content-Length": str(sum(len(p) for p in pieces))})
 
