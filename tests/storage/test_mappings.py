@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mmap
+import os
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,25 @@ def test_populate_leaves_its_mapping_to_the_senders_and_delete_drops_it(tmp_path
     store.delete(key)
     assert store.mapped(key) is None and not store.exists(key)
     assert bytes(view[-4:]) == data[-4:]  # a sender's view outlives the blob's entry
+
+
+def test_populate_of_a_kept_blob_faults_in_its_mapping_again_without_a_new_one(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study retrieve after a viewer's series: the read-ahead finds the blobs mapped and faults their pages
+    in through the kept mappings instead of opening, mapping and unmapping each file once more."""
+    store = FileSystemStore(tmp_path, mapping_bytes=1 << 20)
+    data = bytes(range(256)) * 2051
+    key, _ = store.put(data)
+    assert store.populate(key) == len(data)
+    first = store.mappings.kept(key)
+    assert first is not None
+
+    def no_open(*_args: object, **_kwargs: object) -> int:
+        raise AssertionError("a kept blob was opened again")
+
+    monkeypatch.setattr(os, "open", no_open)
+    assert store.populate(key) == len(data)
+    monkeypatch.undo()
+    assert store.mappings.kept(key) is first and len(store.mappings) == 1
+    view = store.mapped(key)
+    assert view is not None and bytes(view) == data

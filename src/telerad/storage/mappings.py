@@ -60,6 +60,15 @@ class MappingCache:
             self._maps.move_to_end(key)
         return memoryview(mapping)
 
+    def kept(self, key: str) -> mmap.mmap | None:
+        """The kept mapping itself (now the most recently used), or None: for the store to fault its pages in
+        again, never to close (eviction only drops it)."""
+        with self._lock:
+            mapping = self._maps.get(key)
+            if mapping is not None:
+                self._maps.move_to_end(key)
+            return mapping
+
     def put(self, key: str, mapping: mmap.mmap) -> bool:
         """Keep ``mapping`` (of the whole blob ``key``) unless it is larger than the cache or the cache is off;
         whether it was kept. A key already kept keeps its first mapping; this one is left to its caller."""
