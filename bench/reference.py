@@ -207,36 +207,74 @@ http {{ access_log off; tcp_nopush on; root {d}/www; types {{ }} default_type ap
 """
 
 
+def nginx_exe() -> str | None:
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+
+
+class NginxStudy:
+    """nginx serving the study's files, concatenated into one static file, on two ports: ``sendfile on`` and
+    ``sendfile off``; started by ``with``, stopped at its end. :meth:`mb_s` is curl's MB/s as in the suite."""
+
+    MODES = ("sendfile on", "sendfile off")
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+        self.size = 0
+        self.ports = {mode: _free_port() for mode in self.MODES}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> NginxStudy:
+        exe = nginx_exe()
+        if exe is None:
+            raise RuntimeError("nginx is not installed (apt-get install nginx-light)")
+        self._tmp = tempfile.TemporaryDirectory(prefix="telerad-ref-nginx-")
+        d = Path(self._tmp.name)
+        d.chmod(0o755)  # nginx's worker runs as another user when it is started by root
+        (d / "www").mkdir()
+        (d / "tmp").mkdir()
+        with open(d / "www" / "study", "wb") as out:
+            for f in self.files:
+                data = Path(f).read_bytes()
+                out.write(data)
+                self.size += len(data)
+        conf = _NGINX_CONF.format(d=d, on=self.ports["sendfile on"], off=self.ports["sendfile off"])
+        (d / "nginx.conf").write_text(conf)
+        self._proc = subprocess.Popen([exe, "-c", str(d / "nginx.conf"), "-p", str(d)], stderr=subprocess.PIPE)
+        for mode in self.MODES:  # a warm-up each (the file into the page cache), once it listens
+            _curl_seconds(self._url(mode), self.size)
+        return self
+
+    def _url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.ports[mode]}/study"
+
+    def seconds(self, mode: str) -> float:
+        return _curl_seconds(self._url(mode), self.size)
+
+    def mb_s(self, mode: str, runs: int) -> float:
+        """The median MB/s of ``runs`` requests."""
+        return self.size / statistics.median(self.seconds(mode) for _ in range(runs)) / 1e6
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
 def nginx_study(files: list[str], runs: int) -> dict[str, float]:
     """MB/s of ``curl`` reading the study's files, concatenated into one static file, from nginx with
     ``sendfile on`` and with ``sendfile off``: median of ``runs`` each, the two alternating. Empty when nginx
     is not installed."""
-    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if exe is None:
+    if nginx_exe() is None:
         return {}
-    with tempfile.TemporaryDirectory(prefix="telerad-ref-nginx-") as tmp:
-        d = Path(tmp)
-        d.chmod(0o755)  # nginx's worker runs as another user when it is started by root
-        (d / "www").mkdir()
-        (d / "tmp").mkdir()
-        size = 0
-        with open(d / "www" / "study", "wb") as out:
-            for f in files:
-                data = Path(f).read_bytes()
-                out.write(data)
-                size += len(data)
-        ports = {"sendfile on": _free_port(), "sendfile off": _free_port()}
-        (d / "nginx.conf").write_text(_NGINX_CONF.format(d=d, on=ports["sendfile on"], off=ports["sendfile off"]))
-        proc = subprocess.Popen([exe, "-c", str(d / "nginx.conf"), "-p", str(d)], stderr=subprocess.PIPE)
-        try:
-            walls: dict[str, list[float]] = {k: [] for k in ports}
-            for _ in range(runs + 1):  # the first round is a warm-up (the file into the page cache)
-                for mode, port in ports.items():
-                    walls[mode].append(_curl_seconds(f"http://127.0.0.1:{port}/study", size))
-            return {mode: size / statistics.median(w[1:]) / 1e6 for mode, w in walls.items()}
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+    with NginxStudy(files) as ngx:
+        walls: dict[str, list[float]] = {mode: [] for mode in ngx.MODES}
+        for _ in range(runs):
+            for mode in ngx.MODES:
+                walls[mode].append(ngx.seconds(mode))
+        return {mode: ngx.size / statistics.median(w) / 1e6 for mode, w in walls.items()}
 
 
 def _free_port() -> int:

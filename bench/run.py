@@ -33,9 +33,9 @@ import measure  # noqa: E402
 import paired  # noqa: E402
 import rounds  # noqa: E402
 import servers  # noqa: E402
-from ingest_floor import IngestFloor, measure_floor  # noqa: E402
+from ingest_floor import IngestFloor, durable_rate, measure_floor, transport_rate  # noqa: E402
 from profile_top import report as profile_report  # noqa: E402
-from reference import Reference, measure_reference  # noqa: E402
+from reference import NginxStudy, Reference, asgi_frame_floor, frame_floor, measure_reference, nginx_exe  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 MS = 1000.0
@@ -196,6 +196,61 @@ class Suite:
 
 
 EMPTY = "telerad-empty"  # the scale phase's empty telerad (run_paired)
+BOUND = "no archive"  # the third participant of the ingest, frames and WADO-RS rounds (Bounds)
+
+
+class Bounds:
+    """In the rounds of the goals the machine may put out of any server's reach, the same measurement with no
+    archive at all, taken between the servers' (the order rotating): what no server passes that round.
+
+    * ingest: the same storescu processes and files into ``storescp --ignore`` and, after that, processes doing
+      only the mandated durable steps on them, both with two at once (bench/ingest_floor.py); a sender's cycle
+      is at least the one plus the other, so two senders reach at most ``1 / (1/transport + 1/durable)``;
+    * frames: the frames client against a socket server sending the same-sized body from memory (the client
+      floor), and against a minimal ASGI application under uvicorn (bench/reference.py);
+    * WADO-RS: curl against nginx serving the study as one file with ``sendfile off`` (the faster of its two
+      ways on loopback here), started once for the rounds (:meth:`serving`).
+
+    Taken once after the rounds (as before), the bounds and the servers' figures were minutes apart, and the
+    VM's speed changes by the minute: at 16:11 on 2026-12-04 nginx sent the study at 3,019 MB/s in the reference
+    step, while alternating with telerad on the same VM minutes later both ran at ~2,250."""
+
+    def __init__(self, suite: Suite, tmp: Path) -> None:
+        self.suite, self.tmp = suite, tmp
+        self.nginx: NginxStudy | None = None
+
+    def ingest(self, rnd: int) -> dict[str, float]:
+        groups = self.suite.cts[rnd].groups
+        direct = servers.TELERAD_SETTINGS.get("TELERAD_BLOB_DIRECT_WRITE", "true").lower() in ("1", "true", "yes",
+                                                                                             "on")
+        work = self.tmp / f"bound-ingest-{rnd}"
+        try:
+            transport = transport_rate(groups, work / "transport")
+            durable = durable_rate(groups, work / "durable", direct)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        bound = 1 / (1 / transport + 1 / durable)
+        log(f"  {BOUND} ingest: transport {transport:.0f} inst/s, durable steps {durable:.0f} inst/s, "
+            f"so at most {bound:.0f} inst/s")
+        return {"ingest_per_s": bound, "ingest_transport_per_s": transport, "ingest_durable_per_s": durable}
+
+    def frames(self, rnd: int) -> dict[str, float]:
+        n, size = len(self.suite.study.sop_uids), self.suite.frame_bytes
+        floor = frame_floor(size, measure.FRAME_ACCEPT, n) * MS
+        asgi = asgi_frame_floor(size, measure.FRAME_ACCEPT, n) * MS
+        log(f"  {BOUND} frames/1: client floor p50 {floor:.2f} ms, minimal ASGI app p50 {asgi:.2f} ms")
+        return {"frame_p50": floor, "frame_p50_asgi": asgi}
+
+    def wado(self, rnd: int) -> dict[str, float]:
+        if self.nginx is None:
+            raise measure.BenchError("nginx is not running")
+        mb_s = self.nginx.mb_s("sendfile off", self.suite.args.wado_runs)
+        log(f"  {BOUND} WADO-RS study: nginx (sendfile off) {mb_s:.0f} MB/s")
+        return {"wado_curl_mb_s": mb_s}
+
+    def serving(self) -> NginxStudy | None:
+        """nginx with the study, for the WADO-RS rounds; None where it is not installed."""
+        return NginxStudy(self.suite.study.files) if nginx_exe() else None
 
 
 def settle(_name: str, _rnd: int) -> None:
@@ -215,19 +270,34 @@ def run_paired(srvs: dict[str, servers.Server], suite: Suite, args: argparse.Nam
     names = list(srvs)
 
     def rounds_of(label: str, rounds: int, fn: Callable[[servers.Server, int], dict[str, float]],
-                  before: Callable[[str, int], None] | None = None, names: list[str] = names) -> None:
-        log(f"{label}: {rounds} round(s), {' / '.join(names)} alternating")
+                  before: Callable[[str, int], None] | None = None, names: list[str] = names,
+                  bound: Callable[[int], dict[str, float]] | None = None) -> None:
+        taking = [*names, BOUND] if bound is not None else names
+        log(f"{label}: {rounds} round(s), {' / '.join(taking)} alternating")
 
         def on_error(name: str, rnd: int, exc: BaseException) -> None:
             res.fail(name, f"{label} (round {rnd + 1})", exc)
 
-        paired.run_rounds(names, rounds, lambda n, r: fn(srvs[n], r), res.rounds, on_error, before)
+        def one(name: str, rnd: int) -> dict[str, float]:
+            if name == BOUND and bound is not None:
+                return bound(rnd)
+            return fn(srvs[name], rnd)
 
-    rounds_of("ingest", args.ingest_rounds, suite.ingest, settle)
+        paired.run_rounds(taking, rounds, one, res.rounds, on_error, before)
+
+    bounds = Bounds(suite, suite.tmp) if args.bounds else None
+    rounds_of("ingest", args.ingest_rounds, suite.ingest, settle, bound=bounds.ingest if bounds else None)
     rounds_of("QIDO", args.rounds, suite.qido)
     rounds_of("metadata", args.rounds, suite.metadata)
-    rounds_of("frames", args.rounds, suite.frames)
-    rounds_of("WADO-RS", args.rounds, suite.wado)
+    rounds_of("frames", args.rounds, suite.frames, bound=bounds.frames if bounds else None)
+    nginx = bounds.serving() if bounds else None
+    if nginx is None:
+        rounds_of("WADO-RS", args.rounds, suite.wado)
+    else:
+        assert bounds is not None
+        with nginx:
+            bounds.nginx = nginx
+            rounds_of("WADO-RS", args.rounds, suite.wado, bound=bounds.wado)
     rounds_of("C-FIND", args.rounds, suite.cfind)
     rounds_of("C-GET", args.rounds, suite.cget)
     if suite.small.n_sample or suite.small.n_bulk:
@@ -392,6 +462,76 @@ def rounds_table(res: Results) -> str:
     return "\n".join(lines)
 
 
+BOUNDED = [  # the goals with a no-archive participant in their rounds: key, label, unit, better, goal ratio
+    ("ingest_per_s", "Ingest CT, 2 x storescu", "inst/s", "hi", 1.5),
+    ("frame_p50", "frames/1 p50 (http.client)", "ms", "lo", 0.1),
+    ("wado_curl_mb_s", "WADO-RS whole study (curl)", "MB/s", "hi", 1.5),
+]
+ASGI_OUT = "out of an ASGI server's reach"
+_BOUND_WHAT = {"ingest_per_s": "transport + durable steps", "frame_p50": "client floor (minimal ASGI app)",
+               "wado_curl_mb_s": "nginx, sendfile off"}
+
+
+def bounds_table(res: Results) -> str:
+    """Round by round, each bounded goal's need (its ratio times Orthanc's figure that round), what no archive
+    passes that round (Bounds), telerad's figure, and which of the three it was: met, out of any server's reach,
+    or missed although reachable."""
+    per = res.rounds.values
+    if not any(BOUND in per.get(key, {}) for key, *_ in BOUNDED):
+        return ""
+    lines = [f"Round by round, with no archive (`{BOUND}`, measured between the servers in the same rounds; "
+             "bench/run.py `Bounds`): a goal is out of reach in a round where even that misses what the goal "
+             "needs.", "",
+             "| Goal | Round | Needs | No archive | telerad | That round |", "|---|---:|---:|---|---:|---|"]
+    summary = []
+    for key, label, unit, better, goal in BOUNDED:
+        cols = per.get(key, {})
+        if BOUND not in cols:
+            continue
+        counts: dict[str, int] = {"met": 0, "out of reach": 0, "missed": 0}
+        n = max(len(v) for v in cols.values())
+        for rnd in range(n):
+            o, b, t = (_at(cols.get(name, []), rnd) for name in ("orthanc", BOUND, "telerad"))
+            if o is None or t is None:
+                lines.append(f"| {label} | {rnd + 1} | | | | failed |")
+                continue
+            need = goal * o
+
+            def ok(v: float, need: float = need, hi: bool = better == "hi") -> bool:
+                return v >= need if hi else v <= need
+
+            asgi = _at(per.get("frame_p50_asgi", {}).get(BOUND, []), rnd) if key == "frame_p50" else None
+            if ok(t):
+                outcome = "met"
+            elif b is not None and not ok(b):
+                outcome = "out of reach"
+            elif asgi is not None and not ok(asgi):
+                outcome = ASGI_OUT
+            else:
+                outcome = "missed"
+            counts[outcome] = counts.get(outcome, 0) + 1
+            bound = fmt(b) if b is not None else "failed"
+            if asgi is not None:
+                bound += f" ({fmt(asgi)})"
+            elif key == "ingest_per_s":
+                tr = _at(per.get("ingest_transport_per_s", {}).get(BOUND, []), rnd)
+                du = _at(per.get("ingest_durable_per_s", {}).get(BOUND, []), rnd)
+                bound += f" ({fmt(tr)} + {fmt(du)})" if tr is not None and du is not None else ""
+            cmp = ">=" if better == "hi" else "<="
+            lines.append(f"| {label} | {rnd + 1} | {cmp} {fmt(need)} {unit} | {bound} | {fmt(t)} | "
+                         f"{'**missed**' if outcome == 'missed' else outcome} |")
+        asgi_note = (f", out of an ASGI server's reach in {counts[ASGI_OUT]}" if counts.get(ASGI_OUT) else "")
+        summary.append(f"- {label} ({_BOUND_WHAT[key]}): met in {counts['met']} of {n} rounds, out of any "
+                       f"server's reach in {counts['out of reach']}{asgi_note}, missed although reachable in "
+                       f"{counts['missed']}.")
+    return "\n".join(lines + [""] + summary)
+
+
+def _at(col: list[float | None], rnd: int) -> float | None:
+    v = col[rnd] if rnd < len(col) else None
+    return None if v is None or math.isnan(v) else v
+
+
 def reference_table(res: Results, ref: Reference) -> str:
     """What the goals ask of a server, next to what the machine and clients allow (bench/reference.py)."""
     o_frame, o_wado = res.get("orthanc", "frame_p50"), res.get("orthanc", "wado_curl_mb_s")
@@ -531,6 +671,8 @@ def main() -> int:
                     help="whole-study WADO-RS requests per server per round, for each client (median per round); "
                          "the same 131 MB study took 44-135 ms from one request to the next on the AMD VM, for "
                          "nginx as for telerad, so a median of 3 moved with the machine more than with the servers")
+    ap.add_argument("--bounds", type=int, choices=(0, 1), default=1,
+                    help="1: the ingest, frames and WADO-RS rounds also measure what no archive passes (Bounds)")
     ap.add_argument("--cfind-runs", type=int, default=50)
     ap.add_argument("--cget-runs", type=int, default=3)
     ap.add_argument("--servers", default="orthanc,telerad", help="comma-separated subset to run")
@@ -711,6 +853,9 @@ def main() -> int:
     if floor is not None:
         body += "\n\n" + floor_table(res, floor)
     body += "\n\n" + rounds_table(res)
+    limits = bounds_table(res)
+    if limits:
+        body += "\n\n" + limits
     if ingest_rounds is not None:
         body += (f"\n\nCT ingest in {args.fresh_rounds} alternating rounds (fresh servers, order rotating):\n\n"
                  + ingest_rounds.table())
