@@ -245,6 +245,12 @@ class NginxStudy:
             _curl_seconds(self._url(mode), self.size)
         return self
 
+    @property
+    def pid(self) -> int:
+        """nginx's master process (its worker is a child)."""
+        assert self._proc is not None
+        return self._proc.pid
+
     def _url(self, mode: str) -> str:
         return f"http://127.0.0.1:{self.ports[mode]}/study"
 
