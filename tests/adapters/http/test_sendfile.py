@@ -37,14 +37,17 @@ class Files:
         self.offered: list[bool] = []
         self.copied: list[bool] = []  # files copied through a buffer (a loopback peer) rather than sendfile
         self.corked: list[int] = []  # TCP_CORK of the server's socket: as each file was opened, then after
-        self.views = False  # give the files of odd index a mapping (FilePart.view); the third's one byte short
+        # True: give the files of odd index a mapping (FilePart.view), the third's one byte short; "all": every
+        # file a whole mapping (runs of them are written gathered)
+        self.views: bool | str = False
         self.opened: list[int] = []  # the files opened, by index
 
     def segments(self, short: bool = False) -> list[sendfile.Segment]:
         segs: list[sendfile.Segment] = [b"head\r\n"]
         for i, p in enumerate(self.paths):
             size = p.stat().st_size + (10 if short and p.stat().st_size > 1 << 20 else 0)
-            view = partial(self._view, p, cut=i == 3) if self.views and i % 2 else None
+            mapped = self.views == "all" or (self.views and i % 2)
+            view = partial(self._view, p, cut=i == 3 and self.views != "all") if mapped else None
             segs += [FilePart(partial(self._open, i, p), size, view), b"--\r\n"]
         return segs
 
@@ -187,9 +190,9 @@ def test_plain_uvicorn_offers_nothing_and_the_fallback_sends_the_same_bytes(file
     assert files.offered == [False]
 
 
-@pytest.mark.parametrize("views", [False, True], ids=["files", "mapped"])
+@pytest.mark.parametrize("views", [False, True, "all"], ids=["files", "mapped", "all-mapped"])
 def test_a_slow_reader_fills_the_socket_and_still_gets_every_byte(files: Files, port: int, waits: list[int],
-                                                                  views: bool) -> None:
+                                                                  views: bool | str) -> None:
     files.views = views
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
@@ -356,3 +359,41 @@ def test_files_with_a_mapping_go_to_a_loopback_peer_from_it(
             assert r.content == files.expected()
         # file 1 (one byte) is mapped; file 3's mapping is one byte short, so it is read from the file
         assert files.opened == ([0, 2, 3, 4] if copy else [0, 1, 2, 3, 4])
+
+
+def test_runs_of_mapped_files_are_gathered_into_one_writev(files: Files, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mapped files and the framing between them go out in as few writev calls as the socket allows: a run is
+    gathered up to GATHER_PIECES pieces and ends at a file without a mapping; a partial write resumes mid-piece."""
+    files.views = "all"
+    segments = files.segments()
+    p = sendfile._Progress(buf=memoryview(bytearray(4096)))
+    sendfile._fill(segments, p)  # the framing and the empty file (nothing to map) into the buffer, then a run
+    assert bytes(p.buf[p.lo:p.hi]) == b"head\r\n--\r\n"  # type: ignore[index]
+    assert p.views and p.after == len(segments)  # every file after the empty one, with its framing
+    assert b"".join(bytes(v) for v in p.views) == files.expected()[len(b"head\r\n--\r\n"):]
+    views = [memoryview(b"abc"), memoryview(b"de"), memoryview(b"f")]
+    sendfile._consume(views, 4)
+    assert [bytes(v) for v in views] == [b"e", b"f"]
+    sendfile._consume(views, 2)
+    assert views == []
+    monkeypatch.setattr(sendfile, "GATHER_PIECES", 3)
+    pieces, after = sendfile._gather(segments, 3, memoryview(b"x"))
+    assert len(pieces) == 3 and after == 5
+    files.views = True  # odd files only: a run ends at the next file without a mapping
+    segments = files.segments()
+    pieces, after = sendfile._gather(segments, 4, memoryview(b"x"))
+    assert after == 5 and isinstance(segments[after], FilePart)
+    writes: list[int] = []
+    real = os.writev
+
+    def counted(fd: int, buffers: Any) -> int:
+        writes.append(len(buffers))
+        return real(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", counted)
+    files.views = "all"
+    monkeypatch.setattr(sendfile, "COPY_FOR_LOOPBACK", True)
+    for port in _serve(files.app, SendfileProtocol):
+        r = httpx.get(f"http://127.0.0.1:{port}/ok", timeout=30)
+        assert r.content == files.expected()
+    assert max(writes) > 2  # more than the buffer's bytes and one file in a call

@@ -112,13 +112,14 @@ class _Progress:
     buf: memoryview | None = field(default=None, repr=False)
     lo: int = 0
     hi: int = 0
-    view: memoryview | None = field(default=None, repr=False)
+    views: list[memoryview] = field(default_factory=list, repr=False)  # gathered pieces, written after buf's
+    after: int = 0  # the segment to go on from once ``views`` are written
 
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
             self.file = None
-        self.view = None
+        self.views = []
 
 
 def _push(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
@@ -151,15 +152,18 @@ def _push(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
     return True
 
 
+GATHER_PIECES = 64  # mapped files and the framing between them written by one writev (IOV_MAX is 1024)
+GATHER_BYTES = 16 << 20
+
+
 def _push_copied(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
-    """:func:`_push` for a loopback peer: the buffer filled with the next segments' bytes, written, again; a
-    file with a mapping is written from it, in the same ``writev`` as the buffer's bytes before it."""
+    """:func:`_push` for a loopback peer: the buffer filled with the next segments' bytes, written, again; a run of
+    files with mappings (and the framing between them) is written from the mappings, in the same ``writev`` as
+    the buffer's bytes before it."""
     assert p.buf is not None
     while True:
-        if p.lo < p.hi or p.view is not None:
-            pending = [p.buf[p.lo:p.hi]] if p.lo < p.hi else []
-            if p.view is not None:
-                pending.append(p.view[p.offset:])
+        if p.lo < p.hi or p.views:
+            pending = [p.buf[p.lo:p.hi], *p.views] if p.lo < p.hi else p.views
             try:
                 sent = os.writev(fd, pending)
             except BlockingIOError:
@@ -168,21 +172,35 @@ def _push_copied(fd: int, segments: Sequence[Segment], p: _Progress) -> bool:
                 continue
             copied = min(sent, p.hi - p.lo)
             p.lo += copied
-            if p.view is not None:
-                p.offset += sent - copied
-                if p.offset >= len(p.view):
-                    p.view = None
-                    p.index, p.offset = p.index + 1, 0
+            sent -= copied
+            if sent:
+                _consume(p.views, sent)
+                if not p.views:
+                    p.index, p.offset = p.after, 0
             continue
         if p.index >= len(segments):
             return True
         _fill(segments, p)
 
 
+def _consume(views: list[memoryview], sent: int) -> None:
+    """Drop the first ``sent`` bytes of the gathered ``views`` (written)."""
+    done = 0
+    while sent and done < len(views):
+        n = len(views[done])
+        if sent < n:
+            views[done] = views[done][sent:]
+            break
+        sent -= n
+        done += 1
+    del views[:done]
+
+
 def _fill(segments: Sequence[Segment], p: _Progress) -> None:
     """Copy the bytes of the segments from ``p`` on into ``p.buf`` until it is full or they end; files are read
     with pread(2), and one shorter than promised raises :class:`OSError`. A file not yet begun whose mapping is
-    at hand ends the fill: ``p.view`` is set to its bytes, written after the buffer's."""
+    at hand ends the fill: ``p.views`` gets its bytes and those of the segments after it while they are framing
+    or mapped files too (:func:`_gather`), written after the buffer's."""
     assert p.buf is not None
     buf, cap = p.buf, len(p.buf)
     p.lo = p.hi = 0
@@ -194,10 +212,10 @@ def _fill(segments: Sequence[Segment], p: _Progress) -> None:
             buf[p.hi:p.hi + n] = memoryview(seg)[p.offset:p.offset + n]
         else:
             size = seg.size
-            if p.file is None and p.offset == 0 and seg.view is not None and size:
-                view = seg.view()
-                if view is not None and len(view) >= size:
-                    p.view = view[:size]
+            if p.file is None and p.offset == 0:
+                view = _mapped(seg)
+                if view is not None:
+                    p.views, p.after = _gather(segments, p.index + 1, view)
                     return
             if p.file is None:
                 p.file = seg.open()
@@ -211,6 +229,32 @@ def _fill(segments: Sequence[Segment], p: _Progress) -> None:
         if p.offset >= size:
             p.close()
             p.index, p.offset = p.index + 1, 0
+
+
+def _mapped(seg: FilePart) -> memoryview | None:
+    """The file's bytes from its mapping, or None: no mapping, an empty file, or a mapping shorter than promised."""
+    if seg.view is None or not seg.size:
+        return None
+    view = seg.view()
+    return view[:seg.size] if view is not None and len(view) >= seg.size else None
+
+
+def _gather(segments: Sequence[Segment], index: int, first: memoryview) -> tuple[list[memoryview], int]:
+    """``first`` (a mapped file) and the segments from ``index`` on while each is framing or a mapped file, at
+    most :data:`GATHER_PIECES` pieces and about :data:`GATHER_BYTES`; the pieces and the segment after them.
+
+    One ``writev`` per file cost a system call and a pass of this thread's Python loop for each of a study's
+    files; gathered, a call takes as much as the socket has room for."""
+    views, total = [first], len(first)
+    while index < len(segments) and len(views) < GATHER_PIECES and total < GATHER_BYTES:
+        seg = segments[index]
+        piece = memoryview(seg) if isinstance(seg, bytes) else _mapped(seg)
+        if piece is None:
+            break
+        views.append(piece)
+        total += len(piece)
+        index += 1
+    return views, index
 
 
 def _room(fd: int, timeout: float) -> bool:
