@@ -43,6 +43,8 @@ unmapping, a write per part), A/B with curl on the AMD VM, a 250-instance CT stu
 A file whose ``FilePart.view`` gives its bytes mapped (the read-ahead's mappings, :mod:`telerad.storage.mappings`)
 is written from the mapping instead, in one ``writev`` with the buffer's bytes before it: one copy in the server
 rather than two; A/B on the AMD VM, the study read again: 2,421 -> 3,378 MB/s, 51.5 -> 37.5 ms of CPU per request.
+A run of such files and the framing between them is gathered into one ``writev`` (:func:`_gather`), not one
+call per file: the sending thread's user CPU 6.3 -> 3.7 ms per 250-file study.
 To other peers sendfile stays, where a network card sends the pages without any copy.
 """
 
