@@ -51,8 +51,8 @@ PIXEL_MEDIA_TYPES = {
 }
 OCTET_STREAM = "application/octet-stream"
 PIXEL_DATA = 0x7FE00010
-_Q = TypeVar("_Q", bound=Select)
-Piece = bytes | memoryview  # a frame as read, or as a slice of the blob's mapping  # type: ignore[type-arg]
+_Q = TypeVar("_Q", bound=Select)  # type: ignore[type-arg]
+Piece = bytes | memoryview  # a frame as read, or as a slice of the blob's mapping
 
 
 class NotFound(LookupError):

@@ -151,9 +151,9 @@ class Database:
         being its own read transaction; on PostgreSQL the pool rolls the driver's transaction back when the
         connection returns.
 
-        On the event loop thread the cursor comes from one connection kept open for its reads (:class:`_Reader`):
-        a checkout from the pool and the return cost ~0.1 ms of the ~0.75 ms a frame request spends there, and
-        a request reads twice (the token, then the instance)."""
+        On the event loop thread the cursor comes from one connection kept open for its reads (:class:`_Reader`),
+        not from the pool: a frame request reads twice (the token, then the instance), and a read of ``SELECT 1``
+        took 18.4 us through the pool against 6.6 kept on SQLite, 640 against 160-196 on PostgreSQL."""
         reader = self._loop_reader
         if reader is not None and self.on_event_loop():
             with reader.cursor() as cur:

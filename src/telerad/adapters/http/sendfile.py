@@ -105,8 +105,8 @@ def sender(scope: Any) -> SendSegments | None:
 @dataclass
 class _Progress:
     """Where a batch stands between thread calls: segment index, bytes of it done, its open file; when copying,
-    the buffer and the part of it not yet written (``buf[lo:hi]``), and the mapped file being written after it
-    (``view``, the segment at ``index``, ``offset`` of its bytes done)."""
+    the buffer and the part of it not yet written (``buf[lo:hi]``), and the gathered pieces written after it
+    (``views``: what is left of the mapped files and framing from the segment at ``index`` up to ``after``)."""
 
     index: int = 0
     offset: int = 0
