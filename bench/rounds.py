@@ -1,12 +1,25 @@
 """CT ingest in alternating rounds: each round ingests the same CT files into a fresh server of every kind in turn,
 the order rotating from round to round, so that a host whose speed drifts over minutes (seen here: the same
 telerad at 154-362 CT/s in consecutive runs) weighs on every server alike. The ratio to report is the median of
-the per-round ratios. Used by run.py (``--ingest-rounds``) and ingest_ab.py."""
+the per-round ratios. Used by run.py (``--ingest-rounds``) and ingest_ab.py.
+
+Nothing is deleted between rounds (the rounds' folders go when the run ends), and before each server's turn
+the page cache's dirty pages are written back (``settle``). Why: this project's VMs put the bench's files on
+ext4 without a journal, whose inode allocator skips every inode freed in the last 60 s (360 s while its inode
+table block is dirty) one by one (``recently_deleted`` in fs/ext4/ialloc.c, checked only without a journal).
+Removing a round's 1,000 blobs just before the next server's turn made every file that server created scan
+past them: perf put ``__ext4_new_inode`` at 11.5 % of all CPU samples during a telerad ingest, and telerad,
+whose unnamed temporary files are all made in one directory (hence one block group), ingested 174-319 inst/s
+right after such a removal against 233-413 without one (lab, alternating, 2026-12-04). Orthanc, whose
+files spread over thousands of directories, was not slowed. Deleting also spared Orthanc the write-back of the
+files it never syncs, which the settle before each turn now does outside every measurement."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,18 +60,35 @@ class Rounds:
         return "\n".join(lines)
 
 
+def settle() -> None:
+    """Write back what the previous turn left dirty in the page cache (Orthanc writes without fsync), so that
+    its write-back does not land in the next server's measurement."""
+    os.sync()
+    time.sleep(1.0)
+
+
+def needed_bytes(ct: gen.DataSet, rounds: int, servers_per_round: int) -> int:
+    """Disk space the rounds keep until the run ends: each server's copy of the data set, each round."""
+    return int(ct.n_bytes * 1.1) * rounds * servers_per_round
+
+
 def alternate(ct: gen.DataSet, rounds: int, telerad: dict[str, dict[str, str]], workdir: Path,
               log: Callable[[str], None] = print) -> Rounds:
     """``rounds`` rounds of Orthanc and one telerad per entry of ``telerad`` (name -> TELERAD_* settings), each
     a fresh server ingesting ``ct`` with 2 x storescu. Raises RuntimeError when a server misses instances."""
     names = ["orthanc", *telerad]
     out = Rounds({n: [] for n in names})
+    need, free = needed_bytes(ct, rounds, len(names)), shutil.disk_usage(workdir).free
+    if need > free * 0.8:
+        raise RuntimeError(f"the rounds keep {need / 1e9:.1f} GB until they end (nothing is deleted between "
+                           f"rounds, see rounds.py); {free / 1e9:.1f} GB are free under {workdir}")
     saved = dict(servers.TELERAD_SETTINGS)
     try:
         for r in range(rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
                 wd = workdir / f"round{r + 1}-{name.replace(':', '-')}"
+                settle()
                 if name == "orthanc":
                     srv = servers.start_orthanc(wd)
                 else:
@@ -69,7 +99,6 @@ def alternate(ct: gen.DataSet, rounds: int, telerad: dict[str, dict[str, str]], 
                     res = measure.ingest(srv, ct, log_dir=wd)
                 finally:
                     srv.stop()
-                    shutil.rmtree(wd, ignore_errors=True)  # half a GB per round and server
                 if res.errors:
                     raise RuntimeError(f"round {r + 1}, {name}: {res.errors}")
                 out.results[name].append(res)

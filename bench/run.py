@@ -260,12 +260,10 @@ class Bounds:
         groups = (self.suite.cts_after if scale else self.suite.cts)[rnd].groups
         direct = servers.TELERAD_SETTINGS.get("TELERAD_BLOB_DIRECT_WRITE", "true").lower() in ("1", "true", "yes",
                                                                                              "on")
-        work = self.tmp / f"bound-ingest-{rnd}"
-        try:
-            transport = transport_rate(groups, work / "transport")
-            durable = durable_rate(groups, work / "durable", direct)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        # Kept until the run ends, not removed here: see rounds.py, "Nothing is deleted between rounds".
+        work = self.tmp / f"bound-ingest-{'scale-' if scale else ''}{rnd}"
+        transport = transport_rate(groups, work / "transport")
+        durable = durable_rate(groups, work / "durable", direct)
         bound = 1 / (1 / transport + 1 / durable)
         log(f"  {BOUND} ingest{' at scale' if scale else ''}: transport {transport:.0f} inst/s, durable steps "
             f"{durable:.0f} inst/s, so at most {bound:.0f} inst/s")
@@ -289,10 +287,8 @@ class Bounds:
 
 
 def settle(_name: str, _rnd: int) -> None:
-    """Before each ingest: write back what the previous one left dirty in the page cache (Orthanc writes
-    without fsync), so that its write-back does not land in the next server's measurement."""
-    os.sync()
-    time.sleep(1.0)
+    """Before each ingest: write back what the previous one left dirty in the page cache (rounds.settle)."""
+    rounds.settle()
 
 
 def run_paired(srvs: dict[str, servers.Server], suite: Suite, args: argparse.Namespace, res: Results) -> None:
