@@ -88,6 +88,13 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
         if isinstance(parsed, StoreResult):
             return parsed
         obj = parsed
+        # Encoded now, while the blob's write runs, rather than in the index transaction: the database's write
+        # lock, which every association's transaction waits for, is then held for the statements only.
+        try:
+            encoded = _encoded(obj)
+        except (TypeError, ValueError) as exc:  # as any other failure to index it: refused, never raised
+            log.exception("index failure")
+            return _result(obj, Outcome.REJECTED, PROCESSING_FAILURE, f"index failure: {exc}")
         try:
             placed = ctx.blobs.place(staging.result())
         except OSError as exc:
@@ -102,7 +109,7 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
     for attempt in range(5):
         try:
             with ctx.db.dbapi_write() as cur:
-                return _index(cur, ctx.db.engine.dialect, site_id, obj, key, size, source)
+                return _index(cur, ctx.db.engine.dialect, site_id, obj, key, size, source, encoded)
         except races as exc:
             # A concurrent association created the same patient/study/series first: retry sees it.
             log.info("index race on %s (attempt %d): %s", obj.sop_instance_uid, attempt + 1, exc)
@@ -232,8 +239,9 @@ _statements = PerDialect(_Statements)
 
 
 def _index(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, key: str, size: int,
-           source: str) -> StoreResult:
-    """Index one placed blob in the caller's write transaction on the bare driver (``cur``)."""
+           source: str, encoded: tuple[str, str]) -> StoreResult:
+    """Index one placed blob in the caller's write transaction on the bare driver (``cur``); ``encoded``: the
+    object's metadata and frames as JSON (:func:`_encoded`)."""
     q = _statements(dialect)
     # Common case first: the series exists already (one indexed lookup gives series, study and duplicate).
     row = q.series_and_existing.first(cur, {"p_site_id": site_id, "p_sop_uid": obj.sop_instance_uid,
@@ -257,7 +265,7 @@ def _index(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, key: str
         if stored_study_uid != obj.study_uid:
             return _result(obj, Outcome.REJECTED, DATASET_MISMATCH,
                            f"series {obj.series_uid} already belongs to another study")
-    q.insert_instance.run(cur, _instance_values(site_id, series_id, obj, key, size, source))
+    q.insert_instance.run(cur, _instance_values(site_id, series_id, obj, key, size, source, encoded))
     q.bump_series.run(cur, {"p_series_id": series_id})
     if row is not None:
         q.bump_study.run(cur, {"p_study_id": study_id})
@@ -270,15 +278,20 @@ def _index(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, key: str
     return _result(obj, Outcome.STORED)
 
 
+def _encoded(obj: ParsedObject) -> tuple[str, str]:
+    """The instance row's DICOM JSON metadata and frame index, as stored."""
+    return (json.dumps(obj.metadata, separators=(",", ":")),
+            json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "")
+
+
 def _instance_values(site_id: int, series_id: int, obj: ParsedObject, key: str, size: int,
-                     source: str) -> dict[str, Any]:
+                     source: str, encoded: tuple[str, str]) -> dict[str, Any]:
     return {
         "site_id": site_id, "series_fk": series_id, "sop_uid": obj.sop_instance_uid,
         "sop_class_uid": obj.sop_class_uid, "instance_number": obj.instance_number,
         "transfer_syntax_uid": obj.transfer_syntax_uid, "rows": obj.rows, "columns": obj.columns,
         "number_of_frames": obj.number_of_frames, "blob_key": key, "size": size,
-        "metadata_json": json.dumps(obj.metadata, separators=(",", ":")),
-        "frames_json": json.dumps(obj.frames, separators=(",", ":")) if obj.frames is not None else "",
+        "metadata_json": encoded[0], "frames_json": encoded[1],
         "source_ae": source[:64],
     }
 
