@@ -13,6 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import func, select
+from support import leftovers
 
 from telerad.archive.demo import ct_series
 from telerad.archive.errors import (
@@ -156,6 +157,22 @@ def test_an_interrupted_store_leaves_no_staged_file(ctx, site, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         store(ctx, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
     assert list((ctx.blobs.root / "tmp").iterdir()) == [] and _stored_files(ctx) == []
+
+
+def test_metadata_that_cannot_be_encoded_is_refused_and_leaves_nothing(ctx, site, monkeypatch):
+    """The instance row's JSON is encoded before the index transaction (while the blob is written): a failure
+    there refuses the object as a failure inside the transaction did, with nothing stored or left behind."""
+    from telerad.archive import ingest
+
+    def unencodable(obj):
+        raise ValueError("Out of range float values are not JSON compliant")
+
+    monkeypatch.setattr(ingest, "_encoded", unencodable)
+    r = store(ctx, site.id, ct_series(PATIENT, generate_uid(), "A", 1, 16)[0])
+    assert r.outcome is Outcome.REJECTED and r.status == PROCESSING_FAILURE and not r.ok
+    assert r.reason == "index failure: Out of range float values are not JSON compliant"
+    assert count(ctx, Instance) == 0 and count(ctx, Series) == 0
+    assert leftovers(ctx.blobs.root) == [] and _stored_files(ctx) == []
 
 
 @pytest.mark.parametrize("direct_write", [True, False], ids=["direct", "buffered"])
