@@ -78,6 +78,7 @@ def alternate(ct: gen.DataSet, rounds: int, telerad: dict[str, dict[str, str]], 
     a fresh server ingesting ``ct`` with 2 x storescu. Raises RuntimeError when a server misses instances."""
     names = ["orthanc", *telerad]
     out = Rounds({n: [] for n in names})
+    workdir.mkdir(parents=True, exist_ok=True)
     need, free = needed_bytes(ct, rounds, len(names)), shutil.disk_usage(workdir).free
     if need > free * 0.8:
         raise RuntimeError(f"the rounds keep {need / 1e9:.1f} GB until they end (nothing is deleted between "
