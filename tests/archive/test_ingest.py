@@ -11,10 +11,12 @@ import pydicom.filebase
 import pydicom.filewriter
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 from support import leftovers
 
+from telerad.adapters.dimse.filemeta import part10_header
+from telerad.archive import parse
 from telerad.archive.demo import ct_series
 from telerad.archive.errors import (
     CANNOT_UNDERSTAND,
@@ -371,3 +373,79 @@ def test_index_rows_hold_what_the_objects_say(ctx, site):
             int(obj.dataset.InstanceNumber), obj.rows, obj.columns, 1)
         assert (row.source_ae, row.size, row.transfer_syntax_uid) == ("CT_NODE", len(raw), obj.transfer_syntax_uid)
         assert ctx.blobs.path(row.blob_key).read_bytes()[132:] == raw[132:] and row.received_at is not None
+
+
+def _reencoded(raw: bytes, transfer_syntax: str = "", **attributes: object) -> bytes:
+    """``raw`` written again by pydicom: its own File Meta, optionally another transfer syntax or attributes."""
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds.file_meta.ImplementationVersionName = "OTHER_WRITER"
+    ds.file_meta.SourceApplicationEntityTitle = "SITE_PACS"
+    if transfer_syntax:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _as_received_by_c_store(raw: bytes) -> bytes:
+    """The file telerad's DIMSE receiver writes for ``raw``'s Data Set: its own File Meta (PS3.10 7.1)."""
+    meta = parse.file_meta_elements(raw)
+    ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True)
+    return part10_header(ds.SOPClassUID, ds.SOPInstanceUID, ds.file_meta.TransferSyntaxUID) + raw[meta.end:]
+
+
+@pytest.mark.parametrize("second", ["file", "implicit", "deflated"])
+def test_the_same_instance_in_another_file_or_native_encoding_is_a_duplicate(ctx, site, second):
+    """Received by C-STORE first, then sent again from the site's own file (other File Meta: an import, STOW-RS)
+    or re-encoded losslessly by another sender: the same instance, so success and nothing new indexed."""
+    original = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    first = _as_received_by_c_store(original)
+    again = {"file": original, "implicit": _reencoded(original, ImplicitVRLittleEndian),
+             "deflated": _reencoded(original, DeflatedExplicitVRLittleEndian)}[second]
+    assert first != again
+    assert store(ctx, site.id, first, "GH_CT").outcome is Outcome.STORED
+    r = store(ctx, site.id, again, "import")
+    assert r.outcome is Outcome.DUPLICATE and r.ok and r.status == 0, r
+    assert count(ctx, Instance) == 1 and count(ctx, StoreConflict) == 0
+    with ctx.db.session() as s:
+        inst = s.execute(select(Instance)).scalar_one()
+        study = s.execute(select(Study)).scalar_one()
+    assert ctx.blobs.path(inst.blob_key).read_bytes() == first  # the first copy is the one kept and served
+    assert study.num_instances == 1
+    assert store(ctx, site.id, again, "import").outcome is Outcome.DUPLICATE  # and so every time after
+
+
+@pytest.mark.parametrize("second", ["other attribute", "compressed"])
+def test_other_content_under_a_stored_uid_is_still_a_conflict(ctx, site, second):
+    """Another file of the same UID whose Data Set differs (an attribute; pixel data in another, encapsulated
+    transfer syntax, which is not decoded to be compared) stays a conflict: first copy kept, sender told."""
+    if second == "compressed":
+        original = open(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"), "rb").read()
+        ds = pydicom.dcmread(io.BytesIO(original))
+        ds.decompress(generate_instance_uid=False)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        first, again = buf.getvalue(), original
+    else:
+        first = open(get_testdata_file("CT_small.dcm"), "rb").read()
+        again = _reencoded(first, ImplicitVRLittleEndian, PatientName="Other^Patient")
+    assert store(ctx, site.id, first, "GH_CT").outcome is Outcome.STORED
+    r = store(ctx, site.id, again, "import")
+    assert r.outcome is Outcome.CONFLICT and r.status == DUPLICATE_SOP_INSTANCE, r
+    with ctx.db.session() as s:
+        conflict = s.execute(select(StoreConflict)).scalar_one()
+        inst = s.execute(select(Instance)).scalar_one()
+    assert conflict.kept_blob_key == inst.blob_key and conflict.source == "import"
+    assert ctx.blobs.path(inst.blob_key).read_bytes()[128:] == first[128:]
+
+
+def test_a_kept_file_that_cannot_be_read_makes_a_conflict_not_a_success(ctx, site):
+    original = open(get_testdata_file("CT_small.dcm"), "rb").read()
+    assert store(ctx, site.id, original).ok
+    with ctx.db.session() as s:
+        key = s.execute(select(Instance.blob_key)).scalar_one()
+    ctx.blobs.path(key).unlink()  # lost from the store (telerad check reports it missing)
+    r = store(ctx, site.id, _reencoded(original), "import")
+    assert r.outcome is Outcome.CONFLICT and not r.ok

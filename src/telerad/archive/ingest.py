@@ -3,6 +3,12 @@
 Order of durability (issue #2 §3): the blob is fsync'd and renamed into place, then the index row is
 committed, and only then does the caller answer success. A failure never answers success.
 
+A SOP Instance UID stored already: the same bytes are a duplicate (success, nothing new). Other bytes are
+compared with the kept file's (:mod:`telerad.archive.sameness`): the same Data Set in another file (other File
+Meta) or another lossless native transfer syntax is a duplicate too; anything else is a conflict, recorded,
+the first copy kept, the sender told. The received file of a duplicate found that way stays in the store
+unindexed (``telerad check`` lists it as an orphan): removing it could race a store of the same bytes elsewhere.
+
 The blob's temporary file is written and synced on a staging thread while this thread parses the object
 (:meth:`~telerad.storage.filesystem.FileSystemStore.stage_in_background`): one association's objects come one
 after another, so each one's parse and its write no longer add up. The file gets its key (the rename) only
@@ -36,6 +42,7 @@ from telerad.archive.parse import (
     normalise_part10,
     parse_object,
 )
+from telerad.archive.sameness import same_instance
 from telerad.context import Context
 from telerad.db.compiled import Compiled, PerDialect
 from telerad.db.models import Instance, Patient, Series, StoreConflict, Study
@@ -104,12 +111,33 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
         if placed is None:  # rejected, failed or interrupted: nothing may stay behind in the store
             _discard(ctx, staging)
     key, size = placed
+    indexed = _write_index(ctx, site_id, obj, key, size, source, encoded, record_conflict=False)
+    if isinstance(indexed, StoreResult):
+        return indexed
+    # The UID is stored with other bytes. Told apart outside the write lock, as it reads the kept file.
+    if _same_instance(ctx, indexed.key, data):
+        log.info("%s from %s: the instance stored already, in another file or transfer syntax",
+                 obj.sop_instance_uid, source)
+        return _result(obj, Outcome.DUPLICATE)
+    recorded = _write_index(ctx, site_id, obj, key, size, source, encoded, record_conflict=True)
+    return recorded if isinstance(recorded, StoreResult) else _conflict(obj)  # the latter never comes back
 
+
+@dataclass(frozen=True)
+class _Kept:
+    """The index holds the object's SOP Instance UID with another blob: ``key``, the first copy's."""
+
+    key: str
+
+
+def _write_index(ctx: Context, site_id: int, obj: ParsedObject, key: str, size: int, source: str,
+                 encoded: tuple[str, str], record_conflict: bool) -> StoreResult | _Kept:
     races: tuple[type[Exception], ...] = (IntegrityError, OperationalError, *ctx.db.dbapi_errors)
     for attempt in range(5):
         try:
             with ctx.db.dbapi_write() as cur:
-                return _index(cur, ctx.db.engine.dialect, site_id, obj, key, size, source, encoded)
+                return _index(cur, ctx.db.engine.dialect, site_id, obj, key, size, source, encoded,
+                              record_conflict)
         except races as exc:
             # A concurrent association created the same patient/study/series first: retry sees it.
             log.info("index race on %s (attempt %d): %s", obj.sop_instance_uid, attempt + 1, exc)
@@ -117,6 +145,17 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
             log.exception("index failure")
             return _result(obj, Outcome.REJECTED, PROCESSING_FAILURE, f"index failure: {exc}")
     return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, "database busy, try again")
+
+
+def _same_instance(ctx: Context, kept_key: str, data: bytes) -> bool:
+    """Whether ``data`` is the instance kept under ``kept_key`` (:func:`~telerad.archive.sameness.same_instance`);
+    False when the kept file cannot be read, so the sender hears of a conflict rather than of a success."""
+    try:
+        kept = ctx.blobs.path(kept_key).read_bytes()
+    except OSError:
+        log.warning("blob %s of a stored instance cannot be read", kept_key, exc_info=True)
+        return False
+    return same_instance(kept, data)
 
 
 def _parse(ctx: Context, data: bytes, source: str) -> ParsedObject | StoreResult:
@@ -141,6 +180,12 @@ def _discard(ctx: Context, staging: Future[Staged]) -> None:
 def _result(obj: ParsedObject, outcome: Outcome, status: int = 0, reason: str = "") -> StoreResult:
     return StoreResult(outcome, obj.sop_instance_uid, obj.sop_class_uid, obj.study_uid, obj.series_uid,
                        status, reason)
+
+
+def _conflict(obj: ParsedObject) -> StoreResult:
+    return _result(obj, Outcome.CONFLICT, DUPLICATE_SOP_INSTANCE,
+                   "an instance with this SOP Instance UID and different content is already stored; "
+                   "the first copy was kept")
 
 
 def _s(ds: object, keyword: str, limit: int) -> str:
@@ -239,9 +284,10 @@ _statements = PerDialect(_Statements)
 
 
 def _index(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, key: str, size: int,
-           source: str, encoded: tuple[str, str]) -> StoreResult:
+           source: str, encoded: tuple[str, str], record_conflict: bool = True) -> StoreResult | _Kept:
     """Index one placed blob in the caller's write transaction on the bare driver (``cur``); ``encoded``: the
-    object's metadata and frames as JSON (:func:`_encoded`)."""
+    object's metadata and frames as JSON (:func:`_encoded`). The UID stored already with another blob: the
+    conflict recorded when ``record_conflict``, else nothing written and the kept blob's key returned."""
     q = _statements(dialect)
     # Common case first: the series exists already (one indexed lookup gives series, study and duplicate).
     row = q.series_and_existing.first(cur, {"p_site_id": site_id, "p_sop_uid": obj.sop_instance_uid,
@@ -253,11 +299,11 @@ def _index(cur: Any, dialect: Dialect, site_id: int, obj: ParsedObject, key: str
     if existing is not None:
         if existing == key:
             return _result(obj, Outcome.DUPLICATE)
+        if not record_conflict:
+            return _Kept(existing)
         q.insert_conflict.run(cur, {"site_id": site_id, "sop_uid": obj.sop_instance_uid, "kept_blob_key": existing,
                                     "received_sha256": key, "received_size": size, "source": source[:64]})
-        return _result(obj, Outcome.CONFLICT, DUPLICATE_SOP_INSTANCE,
-                       "an instance with this SOP Instance UID and different content is already stored; "
-                       "the first copy was kept")
+        return _conflict(obj)
     if row is None:
         series_id, study_id = _new_series(cur, q, site_id, obj)
     else:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from telerad.archive import registry
 from telerad.archive.demo import cr_image, ct_series
+from telerad.archive.ingest import Outcome, store
 from telerad.context import Context
 from telerad.db.models import Instance, Site, StoreConflict
 
@@ -88,6 +89,24 @@ def test_duplicate_is_success_and_stored_once(ctx: Context, dcmtk: Dcmtk, gh_nod
         assert r.rc == 0, r.out
         assert "Received Store Response (Success)" in r
     assert len(instances(ctx)) == 1
+
+
+def test_the_same_instance_sent_again_otherwise_is_success_and_stored_once(ctx: Context, dcmtk: Dcmtk,
+                                                                        gh_node: str, tmp_path: Path) -> None:
+    """Sent by storescu in Explicit VR Little Endian, again converted by storescu to Implicit VR (``-xi``),
+    then imported from the modality's own file (other File Meta): one instance, no conflict, every time
+    a success (telerad.archive.sameness)."""
+    files = write_files(tmp_path / "in", [cr_image(PATIENT, generate_uid(), "ACC4")])
+    r = dcmtk.store(GH_AE, files, "-xe")
+    assert "Received Store Response (Success)" in r, r.out
+    r = dcmtk.store(GH_AE, files, "-xi")
+    assert r.rc == 0 and "Received Store Response (Success)" in r, r.out
+    assert "Implicit" in r.out  # storescu did convert it
+    assert store(ctx, site_id(ctx, "GH"), files[0].read_bytes(), "import").outcome is Outcome.DUPLICATE
+    [inst] = instances(ctx)
+    assert pydicom.dcmread(ctx.blobs.path(inst.blob_key)).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    with ctx.db.session() as s:
+        assert s.execute(select(func.count()).select_from(StoreConflict)).scalar_one() == 0
 
 
 def test_same_uid_different_bytes_fails_0111_and_keeps_first(ctx: Context, dcmtk: Dcmtk, gh_node: str,
