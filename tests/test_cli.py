@@ -63,6 +63,26 @@ def test_import_folders_and_zip_then_check(settings, tmp_path: Path):
     assert bad.returncode == 1 and "CORRUPT" in bad.stdout
 
 
+def test_check_removes_orphans_on_request(settings, tmp_path: Path):
+    """The same instance imported again in another encoding is a duplicate; its copy, indexed by nothing, is an
+    orphan that ``check --remove-orphans`` removes once older than ``--older-than`` minutes."""
+    run(settings, "site", "add", "--code", "GH", "--name", "General Hospital")
+    first = tmp_path / "first.dcm"
+    first.write_bytes(ct_series(("Orph^An", "ORPH1", "", "O"), generate_uid(), "ACC", 1, 16)[0])
+    ds = pydicom.dcmread(first)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "again.dcm", enforce_file_format=True)
+    run(settings, "import", "--site", "GH", str(first))
+    p = run(settings, "import", "--site", "GH", str(tmp_path / "again.dcm"))
+    assert "stored 0, duplicate 1, conflict 0, rejected 0" in p.stdout
+    assert "checked 1: 0 missing, 0 corrupt, 1 orphan\n" in run(settings, "check").stdout
+    young = run(settings, "check", "--remove-orphans")  # written a moment ago, under the default hour
+    assert "checked 1: 0 missing, 0 corrupt, 1 orphan, 0 orphan removed" in young.stdout
+    gone = run(settings, "check", "--remove-orphans", "--older-than", "0")
+    assert "removed orphan blob" in gone.stdout and "0 orphan, 1 orphan removed" in gone.stdout
+    assert "checked 1: 0 missing, 0 corrupt, 0 orphan\n" in run(settings, "check").stdout
+
+
 def test_import_pydicom_test_files_never_crashes(settings, tmp_path: Path):
     run(settings, "site", "add", "--code", "GH", "--name", "General Hospital")
     src = Path(pydicom.data.__file__).parent / "test_files"

@@ -154,20 +154,27 @@ def import_(click_ctx: click.Context, site_code: str, jobs: int, paths: tuple[Pa
 
 
 @main.command()
+@click.option("--remove-orphans", is_flag=True,
+              help="Remove blobs nothing indexes (nor keeps as a conflict) that are older than --older-than.")
+@click.option("--older-than", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Minutes since an orphan was written or last wanted by a store, for --remove-orphans.")
 @click.pass_context
-def check(click_ctx: click.Context) -> None:
+def check(click_ctx: click.Context, remove_orphans: bool, older_than: float) -> None:
     """Verify every stored blob against its SHA-256 and the index."""
     from telerad.archive.check import check as run_check
 
-    report = run_check(_ctx(click_ctx))
+    report = run_check(_ctx(click_ctx), older_than * 60 if remove_orphans else None)
     for uid in report.missing:
         click.echo(f"MISSING blob for instance {uid}")
     for uid in report.corrupt:
         click.echo(f"CORRUPT blob for instance {uid}")
     for key in report.orphans:
         click.echo(f"orphan blob {key} (not indexed)")
+    for key in report.removed:
+        click.echo(f"removed orphan blob {key}")
+    removed = f", {len(report.removed)} orphan removed" if remove_orphans else ""
     click.echo(f"checked {report.checked}: {len(report.missing)} missing, {len(report.corrupt)} corrupt, "
-               f"{len(report.orphans)} orphan")
+               f"{len(report.orphans)} orphan{removed}")
     if not report.ok:
         sys.exit(1)
 

@@ -7,7 +7,7 @@ A SOP Instance UID stored already: the same bytes are a duplicate (success, noth
 compared with the kept file's (:mod:`telerad.archive.sameness`): the same Data Set in another file (other File
 Meta) or another lossless native transfer syntax is a duplicate too; anything else is a conflict, recorded,
 the first copy kept, the sender told. The received file of a duplicate found that way stays in the store
-unindexed (``telerad check`` lists it as an orphan): removing it could race a store of the same bytes elsewhere.
+unindexed, an orphan for ``telerad check --remove-orphans`` (:mod:`telerad.storage.collect`).
 
 The blob's temporary file is written and synced on a staging thread while this thread parses the object
 (:meth:`~telerad.storage.filesystem.FileSystemStore.stage_in_background`): one association's objects come one
