@@ -111,3 +111,22 @@ def leftovers(root) -> list[str]:
             if target.startswith(tmp):
                 found.append(target)
     return found
+
+
+def rewritten(raw: bytes, transfer_syntax: str = "", **attributes: object) -> bytes:
+    """The Part 10 object ``raw`` written again by pydicom, as another writer would: its own File Meta
+    (Implementation Version Name, Source AE Title), optionally another transfer syntax and changed attributes."""
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    ds.file_meta.ImplementationVersionName = "OTHER_WRITER"
+    ds.file_meta.SourceApplicationEntityTitle = "SITE_PACS"
+    if transfer_syntax:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
+import hashlib
 import os
 
-import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.uid import ImplicitVRLittleEndian
+from support import rewritten
 
 from telerad.archive.check import check
 from telerad.archive.ingest import Outcome, store
@@ -15,19 +15,7 @@ from telerad.archive.ingest import Outcome, store
 LONG_AGO = 1_000_000.0
 
 
-def _implicit(raw: bytes, **attributes: object) -> bytes:
-    ds = pydicom.dcmread(io.BytesIO(raw))
-    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def _key(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(b"\0" * 128 + data[128:]).hexdigest()
 
 
@@ -38,9 +26,10 @@ def test_orphans_are_listed_and_removed_only_on_request_once_old(ctx, site):
     assert store(ctx, site.id, mr).outcome is Outcome.STORED
     # The same CT again in another encoding: a duplicate, its durable copy an orphan. A changed MR: a
     # conflict, its copy kept for whoever looks into it.
-    assert store(ctx, site.id, _implicit(ct), "import").outcome is Outcome.DUPLICATE
-    assert store(ctx, site.id, _implicit(mr, PatientName="Other"), "import").outcome is Outcome.CONFLICT
-    orphan, conflict = _key(_implicit(ct)), _key(_implicit(mr, PatientName="Other"))
+    again, changed = rewritten(ct, ImplicitVRLittleEndian), rewritten(mr, ImplicitVRLittleEndian, PatientName="Other")
+    assert store(ctx, site.id, again, "import").outcome is Outcome.DUPLICATE
+    assert store(ctx, site.id, changed, "import").outcome is Outcome.CONFLICT
+    orphan, conflict = _key(again), _key(changed)
     assert ctx.blobs.exists(orphan) and ctx.blobs.exists(conflict)
 
     report = check(ctx)
@@ -57,5 +46,5 @@ def test_orphans_are_listed_and_removed_only_on_request_once_old(ctx, site):
     assert check(ctx).orphans == [] and check(ctx).checked == 2
 
     # Sent once more after its orphan went: a duplicate again, the kept copy still the one served.
-    assert store(ctx, site.id, _implicit(ct), "import").outcome is Outcome.DUPLICATE
+    assert store(ctx, site.id, again, "import").outcome is Outcome.DUPLICATE
     assert store(ctx, site.id, ct).outcome is Outcome.DUPLICATE

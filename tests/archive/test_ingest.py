@@ -13,7 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
-from support import leftovers
+from support import leftovers, rewritten
 
 from telerad.adapters.dimse.filemeta import part10_header
 from telerad.archive import parse
@@ -375,20 +375,6 @@ def test_index_rows_hold_what_the_objects_say(ctx, site):
         assert ctx.blobs.path(row.blob_key).read_bytes()[132:] == raw[132:] and row.received_at is not None
 
 
-def _reencoded(raw: bytes, transfer_syntax: str = "", **attributes: object) -> bytes:
-    """``raw`` written again by pydicom: its own File Meta, optionally another transfer syntax or attributes."""
-    ds = pydicom.dcmread(io.BytesIO(raw))
-    ds.file_meta.ImplementationVersionName = "OTHER_WRITER"
-    ds.file_meta.SourceApplicationEntityTitle = "SITE_PACS"
-    if transfer_syntax:
-        ds.file_meta.TransferSyntaxUID = transfer_syntax
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 def _as_received_by_c_store(raw: bytes) -> bytes:
     """The file telerad's DIMSE receiver writes for ``raw``'s Data Set: its own File Meta (PS3.10 7.1)."""
     meta = parse.file_meta_elements(raw)
@@ -402,8 +388,8 @@ def test_the_same_instance_in_another_file_or_native_encoding_is_a_duplicate(ctx
     or re-encoded losslessly by another sender: the same instance, so success and nothing new indexed."""
     original = open(get_testdata_file("CT_small.dcm"), "rb").read()
     first = _as_received_by_c_store(original)
-    again = {"file": original, "implicit": _reencoded(original, ImplicitVRLittleEndian),
-             "deflated": _reencoded(original, DeflatedExplicitVRLittleEndian)}[second]
+    again = {"file": original, "implicit": rewritten(original, ImplicitVRLittleEndian),
+             "deflated": rewritten(original, DeflatedExplicitVRLittleEndian)}[second]
     assert first != again
     assert store(ctx, site.id, first, "GH_CT").outcome is Outcome.STORED
     r = store(ctx, site.id, again, "import")
@@ -430,7 +416,7 @@ def test_other_content_under_a_stored_uid_is_still_a_conflict(ctx, site, second)
         first, again = buf.getvalue(), original
     else:
         first = open(get_testdata_file("CT_small.dcm"), "rb").read()
-        again = _reencoded(first, ImplicitVRLittleEndian, PatientName="Other^Patient")
+        again = rewritten(first, ImplicitVRLittleEndian, PatientName="Other^Patient")
     assert store(ctx, site.id, first, "GH_CT").outcome is Outcome.STORED
     r = store(ctx, site.id, again, "import")
     assert r.outcome is Outcome.CONFLICT and r.status == DUPLICATE_SOP_INSTANCE, r
@@ -447,5 +433,5 @@ def test_a_kept_file_that_cannot_be_read_makes_a_conflict_not_a_success(ctx, sit
     with ctx.db.session() as s:
         key = s.execute(select(Instance.blob_key)).scalar_one()
     ctx.blobs.path(key).unlink()  # lost from the store (telerad check reports it missing)
-    r = store(ctx, site.id, _reencoded(original), "import")
+    r = store(ctx, site.id, rewritten(original), "import")
     assert r.outcome is Outcome.CONFLICT and not r.ok

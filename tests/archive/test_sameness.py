@@ -13,21 +13,13 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from support import rewritten
 
 from telerad.archive.sameness import same_instance
 
 
 def written(name: str, transfer_syntax: str = "", **attributes: object) -> bytes:
-    ds = pydicom.dcmread(get_testdata_file(name))
-    ds.file_meta.ImplementationVersionName = "WRITER_2"
-    ds.file_meta.SourceApplicationEntityTitle = "SOMEWHERE"
-    if transfer_syntax:
-        ds.file_meta.TransferSyntaxUID = transfer_syntax
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    return rewritten(original(name), transfer_syntax, **attributes)
 
 
 def original(name: str) -> bytes:
