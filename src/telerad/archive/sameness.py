@@ -10,11 +10,16 @@ Endian, Deflate: PS3.5 A.1-A.5), which changes the bytes but not one attribute. 
 are answered as a duplicate, not as a conflict.
 
 Compared: the Data Sets, never the File Meta. Identical Data Set bytes under the same transfer syntax are the
-same instance; otherwise, when both transfer syntaxes are among the lossless native ones above (or are the same
-one), the decoded Data Sets are compared attribute by attribute (pydicom's ``Dataset.__eq__``: tag, VR and
-value), leaving out what only encodes them (Group Length elements, trailing padding). Encapsulated pixel data
-in two different transfer syntaxes are not decoded and count as different, as does anything that cannot be
-read: when in doubt, a conflict, so that the first copy is kept and the sender is told.
+same instance. Otherwise, when both transfer syntaxes are among the lossless native ones above (or are the same
+one), the Data Sets are read (Deflate inflated) and compared element by element on the *encoded values*: the
+same tags in the same order, each value's bytes equal (the element headers, which Implicit and Explicit VR write
+differently, aside), sequences item by item. Values are never decoded: text decoded under a character set it
+does not follow would compare equal when the bytes differ (pydicom replaces what it cannot decode), and
+numbers in strings would compare equal beyond their precision ("0" and "-0"). Group Length elements and trailing
+padding, which writers add or leave out, are not compared. Anything else (encapsulated pixel data in two
+different transfer syntaxes, Big Endian against Little, a private sequence read without its VR, a file that
+cannot be read) counts as different: when in doubt, a conflict, so that the first copy is kept and the sender
+is told. (pydicom keeps the last of a tag repeated in one file, so a malformed file's earlier copy is not seen.)
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ import logging
 from io import BytesIO
 
 import pydicom
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from telerad.archive.parse import file_meta_elements
@@ -46,7 +56,7 @@ def same_instance(kept: bytes, received: bytes) -> bool:
     if kept_ts != received_ts and not {kept_ts, received_ts} <= _NATIVE:
         return False
     try:
-        return bool(_decoded(kept) == _decoded(received))
+        return _same_elements(_read(kept), _read(received))
     except Exception:  # noqa: BLE001 - unreadable either way: not shown to be the same, so a conflict
         log.debug("Data Sets not compared", exc_info=True)
         return False
@@ -56,11 +66,44 @@ def _uid(values: dict[int, bytes]) -> str:
     return values.get(_TRANSFER_SYNTAX, b"").decode("ascii", "replace").strip("\0 ")
 
 
-def _decoded(part10: bytes) -> pydicom.Dataset:
-    ds = pydicom.dcmread(BytesIO(part10))
-    ds.decode()  # every value as its VR says, so that equal values compare equal whatever their encoding
-    # Encoding artefacts, not attributes: Group Length (gggg,0000), retired outside group 0002 (PS3.5 7.2),
-    # which writers add or leave out, and Data Set Trailing Padding (PS3.10 7.2).
-    for tag in [t for t in ds.keys() if t.element == 0 or t == _TRAILING_PADDING]:
-        del ds[tag]
-    return ds
+def _read(part10: bytes) -> Dataset:
+    return pydicom.dcmread(BytesIO(part10))
+
+
+def _same_elements(a: Dataset, b: Dataset) -> bool:
+    tags = [t for t in a.keys() if not _artefact(t)]
+    if tags != [t for t in b.keys() if not _artefact(t)]:
+        return False
+    for tag in tags:
+        x, y = a.get_item(tag), b.get_item(tag)  # as read: raw, not converted
+        if _is_sequence(x) or _is_sequence(y):
+            items, others = a[tag].value, b[tag].value  # parsed into items, whose elements stay raw
+            if not (isinstance(items, Sequence) and isinstance(others, Sequence)) or len(items) != len(others):
+                return False
+            if not all(_same_elements(i, j) for i, j in zip(items, others, strict=True)):
+                return False
+        elif _encoded(x) != _encoded(y):
+            return False
+    return True
+
+
+def _artefact(tag: BaseTag) -> bool:
+    """Group Length (gggg,0000), retired outside group 0002 (PS3.5 7.2), and Data Set Trailing Padding."""
+    return tag.element == 0 or tag == _TRAILING_PADDING
+
+
+def _is_sequence(element: DataElement | RawDataElement) -> bool:
+    vr = element.VR
+    if not vr and dictionary_has_tag(element.tag):  # Implicit VR: the dictionary's
+        vr = dictionary_VR(element.tag)
+    return vr == "SQ" or isinstance(element.value, Sequence)
+
+
+def _encoded(element: DataElement | RawDataElement) -> object:
+    """The value's bytes as encoded (an empty value: no bytes); an element pydicom converted while reading
+    (Specific Character Set; empty values in Implicit VR), its value, marked so that it never equals raw bytes."""
+    if isinstance(element, RawDataElement):
+        return element.value or b""
+    if element.is_empty:
+        return b""
+    return ("converted", element.value)
