@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -78,8 +79,13 @@ def test_check_removes_orphans_on_request(settings, tmp_path: Path):
     assert "checked 1: 0 missing, 0 corrupt, 1 orphan\n" in run(settings, "check").stdout
     young = run(settings, "check", "--remove-orphans")  # written a moment ago, under the default hour
     assert "checked 1: 0 missing, 0 corrupt, 1 orphan, 0 orphan removed" in young.stdout
-    gone = run(settings, "check", "--remove-orphans", "--older-than", "0")
-    assert "removed orphan blob" in gone.stdout and "0 orphan, 1 orphan removed" in gone.stdout
+    too_soon = run(settings, "check", "--remove-orphans", "--older-than", "0", check=False)
+    assert too_soon.returncode == 2 and "--older-than" in too_soon.stderr
+    [orphan] = [p for p in (settings.home / "blobs").rglob("*") if len(p.name) == 64 and p.name in young.stdout]
+    os.utime(orphan, (time.time() - 11 * 60,) * 2)  # last written or wanted 11 minutes ago
+    gone = run(settings, "check", "--remove-orphans", "--older-than", "10")
+    assert f"removed orphan blob {orphan.name}" in gone.stdout and "0 orphan, 1 orphan removed" in gone.stdout
+    assert not orphan.exists()
     assert "checked 1: 0 missing, 0 corrupt, 0 orphan\n" in run(settings, "check").stdout
 
 

@@ -156,8 +156,9 @@ def import_(click_ctx: click.Context, site_code: str, jobs: int, paths: tuple[Pa
 @main.command()
 @click.option("--remove-orphans", is_flag=True,
               help="Remove blobs nothing indexes (nor keeps as a conflict) that are older than --older-than.")
-@click.option("--older-than", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="Minutes since an orphan was written or last wanted by a store, for --remove-orphans.")
+@click.option("--older-than", type=click.FloatRange(min=10), default=60.0, show_default=True,
+              help="Minutes since an orphan was written or last wanted by a store, for --remove-orphans "
+                   "(at least 10: a younger one may belong to a store under way).")
 @click.pass_context
 def check(click_ctx: click.Context, remove_orphans: bool, older_than: float) -> None:
     """Verify every stored blob against its SHA-256 and the index."""

@@ -8,10 +8,15 @@ lists them; ``telerad check --remove-orphans`` removes those older than a grace 
 The race to avoid: a store whose content is stored already writes nothing and indexes the existing file. It
 *claims* the file first (:meth:`~telerad.storage.filesystem.FileSystemStore.claim` sets its mtime), then
 commits its index row. A collection therefore (1) takes a file that the index did not reference when it was
-listed and that was not claimed since ``since``, (2) moves it out of the store into ``tmp/`` (one rename,
-atomic), (3) looks at its mtime again: claimed meanwhile, it goes back under its key; else it is removed. A
-store that claims after step 2 finds no file and writes its own copy. A crash between steps 2 and 3 leaves
-``tmp/collect-<key>``, which :func:`recover` puts back when the store is next opened.
+listed and that was not claimed since ``since``, (2) moves it out of the store into ``tmp/`` under a name of
+its own (one rename, atomic), (3) looks at its mtime again: claimed meanwhile, it goes back under its key; else
+it is removed. A store that claims after step 2 finds no file and writes its own copy. A crash between steps 2
+and 3 leaves ``tmp/collect-<key>-<random>``, which :func:`recover` puts back when the store is next opened or
+the next collection starts.
+
+The grace period must be longer than any store takes from its claim to its commit (:data:`MIN_AGE`): a claim
+older than the cut-off is not seen as one. Files this process may not set the mtime of cannot be claimed, so
+they are never collected.
 """
 
 from __future__ import annotations
@@ -19,30 +24,41 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from telerad.storage.filesystem import FileSystemStore
 
+MIN_AGE = 600.0  # seconds: far beyond a store's claim-to-commit (its index retries give up within seconds)
 _PREFIX = "collect-"
-_KEY = re.compile(r"[0-9a-f]{64}")
+_ASIDE = re.compile(r"collect-([0-9a-f]{64})(-[0-9a-f]{16})?")
 
 
 def remove_unclaimed(store: FileSystemStore, key: str, since: float) -> bool:
     """Remove the blob ``key`` unless it was claimed (or written) at or after ``since`` (a ``time.time()``);
-    whether it was removed. The caller has checked that the index does not reference it."""
-    path = store.path(key)
-    aside = f"{store.root}/tmp/{_PREFIX}{key}"
+    whether it was removed. The caller has checked that the index does not reference it. OSError for a file
+    that cannot be moved or removed (permissions, a read-only store)."""
+    path = str(store.path(key))
+    aside = f"{store.root}/tmp/{_PREFIX}{key}-{secrets.token_hex(8)}"
     try:
-        if os.stat(path).st_mtime >= since:
+        st = os.stat(path)
+        if st.st_mtime >= since or not _claimable(path, st):
             return False
         os.rename(path, aside)
     except FileNotFoundError:
         return False
-    if os.stat(aside).st_mtime >= since:  # claimed between the first look and the rename: it stays
-        _put_back(aside, str(path))
+    try:
+        claimed = os.stat(aside).st_mtime >= since
+    except FileNotFoundError:  # put back meanwhile by recover() in another process: it stays
         return False
-    os.unlink(aside)
+    if claimed:  # claimed between the first look and the rename: it stays
+        _put_back(aside, path)
+        return False
+    try:
+        os.unlink(aside)
+    except FileNotFoundError:
+        return False
     return True
 
 
@@ -52,17 +68,26 @@ def recover(store: FileSystemStore) -> list[str]:
     tmp = f"{store.root}/tmp"
     found = []
     for name in os.listdir(tmp):
-        key = name[len(_PREFIX):]
-        if name.startswith(_PREFIX) and _KEY.fullmatch(key):
-            _put_back(f"{tmp}/{name}", str(store.path(key)))
-            found.append(key)
+        m = _ASIDE.fullmatch(name)
+        if m:
+            _put_back(f"{tmp}/{name}", str(store.path(m.group(1))))
+            found.append(m.group(1))
     return found
+
+
+def _claimable(path: str, st: os.stat_result) -> bool:
+    """Whether a store could claim the file (``utime`` needs ownership or write permission)."""
+    return st.st_uid == os.geteuid() or os.access(path, os.W_OK)
 
 
 def _put_back(aside: str, path: str) -> None:
     """Name ``aside`` ``path`` again, durably, then drop the name ``aside``."""
-    with contextlib.suppress(FileExistsError):  # never over a copy stored meanwhile: the same bytes
+    try:
         os.link(aside, path)
+    except FileExistsError:  # a copy stored meanwhile: the same bytes
+        pass
+    except FileNotFoundError:  # put back already, by another process's recover()
+        return
     fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -371,7 +371,8 @@ class FileSystemStore:
             finally:
                 staged.unnamed.close()
             return staged.key, staged.size
-        if staged.tmp is None:
+        if staged.tmp is None:  # stored already: its name made durable, should its writer not have yet
+            _fsync_dir(f"{self._root}/{staged.key[:2]}")
             return staged.key, staged.size
         return self._placed(staged.tmp, staged.key, staged.size)
 
@@ -420,8 +421,9 @@ class FileSystemStore:
 
     def _place(self, tmp: str, key: str) -> None:
         """Rename the fsync'd temporary file ``tmp`` to the blob ``key`` and make the rename durable."""
-        if self.claim(key):  # stored already, and wanted again
+        if self.claim(key):  # stored already, and wanted again: its name made durable, as below
             os.unlink(tmp)
+            _fsync_dir(f"{self._root}/{key[:2]}")
             return
         dest = self._file(key)  # strings, not pathlib: this runs once per stored object
         fan = f"{self._root}/{key[:2]}"
