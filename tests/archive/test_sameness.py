@@ -124,3 +124,50 @@ def test_a_data_set_that_cannot_be_read_is_never_the_same(monkeypatch):
 
     monkeypatch.setattr(sameness, "_read", failing)
     assert not same_instance(implicit, explicit)
+
+
+@pytest.mark.parametrize("one, other", [(("US", 65535), ("SS", -1)), (("FL", 1.0), ("UL", 1065353216)),
+                                        (("LO", ["a", "b"]), ("LT", "a\\b"))])
+def test_the_same_bytes_under_another_vr_are_another_value(one, other):
+    """Both files write their VRs (Explicit VR): FFFFH is 65535 as US and -1 as SS, 0000803FH 1.0 as FL and
+    1065353216 as UL, "a\\b" two values as LO and one text as LT. Written without VRs (Implicit VR), the
+    element has only its bytes, which are the same."""
+    first, second = _private(*one), _private(*other)
+    assert _private_value_bytes(first) == _private_value_bytes(second)
+    assert not same_instance(first, second)
+    assert same_instance(first, rewritten(first, ImplicitVRLittleEndian))
+
+
+def _private(vr: str, value: object) -> bytes:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.private_block(0x0011, "TELERAD TEST", create=True).add_new(0x01, vr, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _private_value_bytes(part10: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    return ds.get_item(ds.private_block(0x0011, "TELERAD TEST").get_tag(0x01)).value
+
+
+@pytest.mark.parametrize("tail", [b"\x01\x02\x03\x04", b"\xfe\xff\x0d\xe0\x00\x00\x00\x00\x10\x00\x10\x00\x02\x00AB"])
+def test_bytes_pydicom_would_not_read_make_it_another_file(tail):
+    """Trailing bytes too short for an element, or a stray Item Delimitation Item followed by more elements:
+    pydicom stops reading quietly, so what follows would go uncompared."""
+    implicit = written("CT_small.dcm", ImplicitVRLittleEndian)
+    assert same_instance(implicit, original("CT_small.dcm"))
+    assert not same_instance(implicit, original("CT_small.dcm") + tail)
+    deflated = written("CT_small.dcm", DeflatedExplicitVRLittleEndian)
+    assert same_instance(implicit, deflated)
+    assert not same_instance(implicit, deflated + b"\x01\x02")
+
+
+def test_a_tag_twice_is_never_the_same():
+    """pydicom keeps the last of a repeated tag: a file whose Patient's Name comes first as the original's and
+    again as another one's would read as the other."""
+    other = written("CT_small.dcm", ImplicitVRLittleEndian, PatientName="Other")
+    twice = original("CT_small.dcm") + b"\x10\x00\x10\x00PN\x06\x00Other "
+    assert pydicom.dcmread(io.BytesIO(twice)).PatientName == "Other"
+    assert not same_instance(other, twice)

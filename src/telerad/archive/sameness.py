@@ -11,29 +11,36 @@ are answered as a duplicate, not as a conflict.
 
 Compared: the Data Sets, never the File Meta. Identical Data Set bytes under the same transfer syntax are the
 same instance. Otherwise, when both transfer syntaxes are among the lossless native ones above (or are the same
-one), the Data Sets are read (Deflate inflated) and compared element by element on the *encoded values*: the
-same tags in the same order, each value's bytes equal (the element headers, which Implicit and Explicit VR write
-differently, aside), sequences item by item. Values are never decoded: text decoded under a character set it
+one), the Data Sets are read (Deflate inflated; every byte must belong to an element) and compared element
+by element on the *encoded values*: the same tags in the same order, the same VR where both files write it,
+each value's bytes equal (the element headers, which Implicit and Explicit VR write differently, aside),
+sequences item by item. Values are never decoded: text decoded under a character set it
 does not follow would compare equal when the bytes differ (pydicom replaces what it cannot decode), and
 numbers in strings would compare equal beyond their precision ("0" and "-0"). Group Length elements and trailing
 padding, which writers add or leave out, are not compared. Anything else (encapsulated pixel data in two
 different transfer syntaxes, Big Endian against Little, a private sequence read without its VR, a file that
 cannot be read) counts as different: when in doubt, a conflict, so that the first copy is kept and the sender
-is told. (pydicom keeps the last of a tag repeated in one file, so a malformed file's earlier copy is not seen.)
+is told, as for a Data Set with a tag twice or bytes after its last element.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from io import BytesIO
 
-import pydicom
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import data_element_generator
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from telerad.archive.parse import file_meta_elements
 
@@ -67,7 +74,32 @@ def _uid(values: dict[int, bytes]) -> str:
 
 
 def _read(part10: bytes) -> Dataset:
-    return pydicom.dcmread(BytesIO(part10))
+    """The Data Set, its elements as read (raw). ValueError unless every byte after the File Meta belongs to
+    one element, and each tag comes once: pydicom stops quietly at a stray delimiter or before trailing bytes,
+    and keeps the last of a repeated tag, which would leave bytes uncompared."""
+    meta = file_meta_elements(part10)
+    ts = _uid(meta.values)
+    body = part10[meta.end:]
+    if ts == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: raw deflate, then Explicit VR Little Endian
+        stream = zlib.decompressobj(-zlib.MAX_WBITS)
+        body = stream.decompress(body) + stream.flush()
+        if not stream.eof or stream.unused_data not in (b"", b"\0"):  # a pad byte to an even length (A.5)
+            raise ValueError("the deflated Data Set is cut short or followed by other bytes")
+        ts = ExplicitVRLittleEndian
+    implicit, little = ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
+    fp = BytesIO(body)
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    end = 0
+    for element in data_element_generator(fp, implicit, little):
+        if element.tag in elements:
+            raise ValueError(f"{element.tag} comes twice")
+        elements[element.tag] = element
+        end = fp.tell()
+    if end != len(body):
+        raise ValueError(f"the Data Set's elements end at byte {end} of {len(body)}")
+    ds = Dataset(elements)
+    ds.set_original_encoding(implicit, little)
+    return ds
 
 
 def _same_elements(a: Dataset, b: Dataset) -> bool:
@@ -76,6 +108,8 @@ def _same_elements(a: Dataset, b: Dataset) -> bool:
         return False
     for tag in tags:
         x, y = a.get_item(tag), b.get_item(tag)  # as read: raw, not converted
+        if x.VR and y.VR and x.VR != y.VR:  # both written with their VR (Explicit VR): the same bytes as US and
+            return False  # as SS, FL and UL, LO and LT are other values; only Implicit VR leaves it out
         if _is_sequence(x) or _is_sequence(y):
             items, others = a[tag].value, b[tag].value  # parsed into items, whose elements stay raw
             if not (isinstance(items, Sequence) and isinstance(others, Sequence)) or len(items) != len(others):
