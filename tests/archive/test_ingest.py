@@ -435,3 +435,25 @@ def test_a_kept_file_that_cannot_be_read_makes_a_conflict_not_a_success(ctx, sit
     ctx.blobs.path(key).unlink()  # lost from the store (telerad check reports it missing)
     r = store(ctx, site.id, rewritten(original), "import")
     assert r.outcome is Outcome.CONFLICT and not r.ok
+
+
+def test_a_found_blob_removed_while_indexed_is_written_again_before_success(ctx, site, monkeypatch):
+    """The content is in the store but indexed by nothing (an orphan): the store claims it and indexes it; a
+    collection takes the file in that moment (the claim's path lookup done, its timestamp not yet). The blob
+    is written again before the sender hears of success."""
+    raw = ct_series(PATIENT, generate_uid(), "A9", 1, 16)[0]
+    key, _ = ctx.blobs.put(raw)
+    real_claim, claims = ctx.blobs.claim, []
+
+    def claim_then_collected(k: str) -> bool:
+        claimed = real_claim(k)
+        if not claims:  # the first claim, before indexing: then the file goes
+            ctx.blobs.path(k).unlink()
+        claims.append(claimed)
+        return claimed
+
+    monkeypatch.setattr(ctx.blobs, "claim", claim_then_collected)
+    r = store(ctx, site.id, raw)
+    assert r.outcome is Outcome.STORED, r
+    assert claims[:2] == [True, False]  # found and claimed, then gone after the commit
+    assert ctx.blobs.verify(key) and ctx.blobs.path(key).read_bytes() == raw

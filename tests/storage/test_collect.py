@@ -174,3 +174,54 @@ def test_claim_says_whether_the_blob_is_stored(store):
     key = aged(store, b"here")
     assert store.claim(key) and store.path(key).stat().st_mtime > LONG_AGO
     assert not store.claim(hashlib.sha256(b"never stored").hexdigest())
+
+
+def test_a_stored_file_the_store_may_not_claim_is_replaced_by_its_own_copy(store, monkeypatch):
+    """A blob another user wrote (restored from a backup, say): ``utime`` is refused, so a claim would not be
+    recorded and a collection could take the file. The store writes its copy and renames it over the old one."""
+    data = os.urandom(5000)
+    key = aged(store, data)
+    before = store.path(key).stat().st_ino
+    real_utime = os.utime
+
+    def refused(path, *args, **kwargs):
+        if str(path).endswith(key) and not args and not kwargs:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(filesystem.os, "utime", refused)
+    assert not store.claim(key)
+    assert store.put(data) == (key, len(data))
+    assert store.path(key).stat().st_ino != before and store.verify(key)
+    assert store.place(store.stage_in_background(data).result()) == (key, len(data)) and store.verify(key)
+    assert store.path(key).stat().st_mtime > LONG_AGO
+    store.close()
+
+
+def test_an_interrupted_collection_puts_the_file_back(store, tmp_path, monkeypatch):
+    key = aged(store, b"collection stopped by Ctrl-C")
+
+    interrupted = []
+
+    def interrupt() -> None:
+        if not interrupted:  # once, just before the removal
+            interrupted.append(True)
+            raise KeyboardInterrupt
+
+    during(monkeypatch, "unlink", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        collect.remove_unclaimed(store, key, since=time.time() - 60)
+    assert store.path(key).read_bytes() == b"collection stopped by Ctrl-C" and aside(tmp_path) == []
+
+
+def test_a_file_that_cannot_be_put_back_does_not_stop_the_store_opening(tmp_path, monkeypatch, caplog):
+    store = FileSystemStore(tmp_path)
+    key = aged(store, b"stuck aside")
+    os.rename(store.path(key), tmp_path / "tmp" / f"collect-{key}-0123456789abcdef")
+
+    def refused(aside: str, path: str) -> None:
+        raise PermissionError(1, "Operation not permitted", aside)
+
+    monkeypatch.setattr(collect, "_put_back", refused)
+    FileSystemStore(tmp_path)
+    assert "cannot be put back" in caplog.text and aside(tmp_path) == [f"collect-{key}-0123456789abcdef"]

@@ -21,7 +21,7 @@ import enum
 import json
 import logging
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import ClauseElement, Dialect, bindparam, insert, select, update
@@ -103,7 +103,8 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
             log.exception("index failure")
             return _result(obj, Outcome.REJECTED, PROCESSING_FAILURE, f"index failure: {exc}")
         try:
-            placed = ctx.blobs.place(staging.result())
+            staged = staging.result()
+            placed = ctx.blobs.place(staged)
         except OSError as exc:
             log.exception("blob write failed")
             return _result(obj, Outcome.REJECTED, OUT_OF_RESOURCES, f"storage failure: {exc.strerror or exc}")
@@ -111,9 +112,10 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
         if placed is None:  # rejected, failed or interrupted: nothing may stay behind in the store
             _discard(ctx, staging)
     key, size = placed
+    found = staged.unnamed is None and staged.tmp is None  # the content was stored already: nothing written
     indexed = _write_index(ctx, site_id, obj, key, size, source, encoded, record_conflict=False)
     if isinstance(indexed, StoreResult):
-        return indexed
+        return _kept(ctx, indexed, key, data) if found and indexed.outcome is Outcome.STORED else indexed
     # The UID is stored with other bytes. Told apart outside the write lock, as it reads the kept file.
     if _same_instance(ctx, indexed.key, data):
         log.info("%s from %s: the instance stored already, in another file or transfer syntax",
@@ -121,6 +123,23 @@ def store(ctx: Context, site_id: int, raw: bytes, source: str = "") -> StoreResu
         return _result(obj, Outcome.DUPLICATE)
     recorded = _write_index(ctx, site_id, obj, key, size, source, encoded, record_conflict=True)
     return recorded if isinstance(recorded, StoreResult) else _conflict(obj)  # the latter never comes back
+
+
+def _kept(ctx: Context, result: StoreResult, key: str, data: bytes) -> StoreResult:
+    """A new row that refers to a blob found stored (written by an earlier store, unindexed: an orphan until
+    this commit): still there, or written again, before the sender hears of success. The store claimed it
+    before indexing (:mod:`telerad.storage.collect`); this closes the last window, a collection that moved the
+    file aside between the claim's path lookup and its timestamp."""
+    if ctx.blobs.claim(key):
+        return result
+    log.warning("blob %s went while %s was indexed; written again", key, result.sop_instance_uid)
+    try:
+        ctx.blobs.put(data)
+    except OSError as exc:
+        log.exception("blob write failed")
+        return replace(result, outcome=Outcome.REJECTED, status=OUT_OF_RESOURCES,
+                       reason=f"storage failure: {exc.strerror or exc}")
+    return result
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ and 3 leaves ``tmp/collect-<key>-<random>``, which :func:`recover` puts back whe
 the next collection starts.
 
 The grace period must be longer than any store takes from its claim to its commit (:data:`MIN_AGE`): a claim
-older than the cut-off is not seen as one. Files this process may not set the mtime of cannot be claimed, so
-they are never collected.
+older than the cut-off is not seen as one. A store that may not set a stored file's mtime (it belongs to another
+user) does not rely on that file: it writes its own copy and renames it over the old one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from telerad.storage.filesystem import FileSystemStore
+
+log = logging.getLogger(__name__)
 
 MIN_AGE = 600.0  # seconds: far beyond a store's claim-to-commit (its index retries give up within seconds)
 _PREFIX = "collect-"
@@ -42,23 +45,23 @@ def remove_unclaimed(store: FileSystemStore, key: str, since: float) -> bool:
     path = str(store.path(key))
     aside = f"{store.root}/tmp/{_PREFIX}{key}-{secrets.token_hex(8)}"
     try:
-        st = os.stat(path)
-        if st.st_mtime >= since or not _claimable(path, st):
+        if os.stat(path).st_mtime >= since:
             return False
         os.rename(path, aside)
     except FileNotFoundError:
         return False
     try:
         claimed = os.stat(aside).st_mtime >= since
+        if claimed:  # claimed between the first look and the rename: it stays
+            _put_back(aside, path)
+            return False
+        os.unlink(aside)
     except FileNotFoundError:  # put back meanwhile by recover() in another process: it stays
         return False
-    if claimed:  # claimed between the first look and the rename: it stays
-        _put_back(aside, path)
-        return False
-    try:
-        os.unlink(aside)
-    except FileNotFoundError:
-        return False
+    except BaseException:  # interrupted (Ctrl-C) or failed while it was aside: back where it was
+        with contextlib.suppress(OSError):
+            _put_back(aside, path)
+        raise
     return True
 
 
@@ -70,14 +73,13 @@ def recover(store: FileSystemStore) -> list[str]:
     for name in os.listdir(tmp):
         m = _ASIDE.fullmatch(name)
         if m:
-            _put_back(f"{tmp}/{name}", str(store.path(m.group(1))))
+            try:
+                _put_back(f"{tmp}/{name}", str(store.path(m.group(1))))
+            except OSError as exc:  # the store still opens; the blob waits in tmp/ for someone to look
+                log.error("blob %s, set aside by a collection, cannot be put back: %s", m.group(1), exc)
+                continue
             found.append(m.group(1))
     return found
-
-
-def _claimable(path: str, st: os.stat_result) -> bool:
-    """Whether a store could claim the file (``utime`` needs ownership or write permission)."""
-    return st.st_uid == os.geteuid() or os.access(path, os.W_OK)
 
 
 def _put_back(aside: str, path: str) -> None:

@@ -195,10 +195,8 @@ class FileSystemStore:
         an orphan in the meantime. One syscall, as :meth:`exists` (``utime`` where ``access`` fails the same)."""
         try:
             os.utime(self._file(key))
-        except FileNotFoundError:
-            return False
-        except OSError:  # not ours to touch (restored by another user, a read-only store): stored all the same
-            return self.exists(key)
+        except (FileNotFoundError, PermissionError):  # not ours to touch (restored by another user): a claim
+            return False  # that is not recorded protects nothing, so the caller writes and names its own copy
         return True
 
     def put_chunks(self, chunks: Iterable[bytes]) -> tuple[str, int]:
@@ -402,13 +400,32 @@ class FileSystemStore:
                     os.link(f"/proc/self/fd/{fd}", key, dst_dir_fd=dir_fd, follow_symlinks=True)
                     break
                 except FileExistsError:
-                    if self.claim(key):  # else collected (.collect) between the two calls: link this copy
+                    if self.claim(key):
                         break
+                    if self.exists(key):  # stored, but not ours to claim: this copy takes its place
+                        self._replace_with(fd, key, dir_fd)
+                        break
+                    # else collected (.collect) between the two calls: link this copy
             else:
                 raise OSError(errno.EAGAIN, f"blob {key} was removed each time it was named")
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def _replace_with(self, fd: int, key: str, dir_fd: int) -> None:
+        """Name the unnamed file ``fd`` in ``tmp/``, then rename it over the blob ``key`` (the same bytes)."""
+        tmp = f"in-{secrets.token_hex(8)}"
+        tmp_fd = os.open(self._tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=tmp_fd, follow_symlinks=True)
+            try:
+                os.replace(tmp, key, src_dir_fd=tmp_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=tmp_fd)
+                raise
+        finally:
+            os.close(tmp_fd)
 
     def _placed(self, tmp: str, key: str, size: int) -> tuple[str, int]:
         try:
