@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pydicom
 import pytest
@@ -15,7 +16,8 @@ from pydicom.uid import (
 )
 from support import rewritten
 
-from telerad.archive import sameness
+from telerad.adapters.dimse.filemeta import part10_header
+from telerad.archive import parse, sameness
 from telerad.archive.sameness import same_instance
 
 
@@ -102,7 +104,10 @@ def test_big_endian_is_not_decoded_to_be_compared():
     little = io.BytesIO()
     pydicom.dcmwrite(little, ds, implicit_vr=False, little_endian=True, force_encoding=True)
     assert not same_instance(big, little.getvalue())
-    assert same_instance(big, written("ExplVR_BigEnd.dcm"))  # its File Meta aside, the same bytes
+    meta_end = parse.file_meta_elements(big).end
+    other_meta = part10_header(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRBigEndian) + big[meta_end:]
+    assert other_meta != big and same_instance(big, other_meta)  # its File Meta aside, the same bytes
+    assert not same_instance(big, written("ExplVR_BigEnd.dcm"))  # written again (no Group Lengths): not walked
 
 
 def test_what_is_not_a_part10_file_is_never_the_same():
@@ -115,14 +120,14 @@ def test_a_data_set_that_cannot_be_read_is_never_the_same(monkeypatch):
     """The other encoding of the same data set, but reading one fails: not shown to be the same."""
     implicit, explicit = written("CT_small.dcm", ImplicitVRLittleEndian), original("CT_small.dcm")
     assert same_instance(implicit, explicit)
-    real_read = sameness._read
+    real_walk = sameness._walk
 
-    def failing(part10: bytes) -> object:
-        if part10 is implicit:
+    def failing(body: bytes, ts: str) -> object:
+        if ts == ImplicitVRLittleEndian:
             raise ValueError("cannot read")
-        return real_read(part10)
+        return real_walk(body, ts)
 
-    monkeypatch.setattr(sameness, "_read", failing)
+    monkeypatch.setattr(sameness, "_walk", failing)
     assert not same_instance(implicit, explicit)
 
 
@@ -171,3 +176,57 @@ def test_a_tag_twice_is_never_the_same():
     twice = original("CT_small.dcm") + b"\x10\x00\x10\x00PN\x06\x00Other "
     assert pydicom.dcmread(io.BytesIO(twice)).PatientName == "Other"
     assert not same_instance(other, twice)
+
+
+# Data Sets written byte by byte (Explicit VR Little Endian), for what no writer library would produce.
+UNDEFINED = 0xFFFFFFFF
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    if vr in ("SQ", "OB", "UN"):
+        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def _sequence(items: list[bytes], undefined: bool, tail: bytes = b"") -> bytes:
+    value = b"".join(items) + tail
+    if undefined:
+        return (struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, UNDEFINED) + value
+                + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    return _element(0x00081140, "SQ", value)
+
+
+def _item(content: bytes, undefined: bool = False, tag: int = 0xFFFEE000) -> bytes:
+    if undefined:
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, UNDEFINED) + content + struct.pack("<HHI", 0xFFFE,
+                                                                                                 0xE00D, 0)
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(content)) + content
+
+
+def _part10(sequence: bytes) -> bytes:
+    body = (_element(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.7\0") + _element(0x00080018, "UI", b"1.2.3.4\0")
+            + sequence + _element(0x00100010, "PN", b"Doe^John"))
+    return part10_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", ExplicitVRLittleEndian) + body
+
+
+REFERENCE = _element(0x00081150, "UI", b"1.2.840.10008.5.1.4.1.1.2\0") + _element(0x00081155, "UI", b"1.2.5\0")
+
+
+def test_sequences_compare_by_content_whatever_their_lengths_encoding():
+    defined = _part10(_sequence([_item(REFERENCE)], undefined=False))
+    undefined = _part10(_sequence([_item(REFERENCE, undefined=True)], undefined=True))
+    assert defined != undefined and same_instance(defined, undefined)
+
+
+@pytest.mark.parametrize("other", [
+    _sequence([_item(_element(0x00081150, "UI", b"9.9\0") + REFERENCE)], undefined=False),  # a tag twice
+    _sequence([_item(REFERENCE + b"\x01\x02\x03\x04")], undefined=False),  # bytes after its last element
+    _sequence([_item(REFERENCE)], undefined=False, tail=struct.pack("<HHI", 0xFFFE, 0xE0DD, 0) + _item(b"")),
+    _sequence([_item(REFERENCE, tag=0x12345678)], undefined=True),  # not an item
+    _sequence([_item(REFERENCE, undefined=True)[:-8]], undefined=True),  # its delimiter missing
+], ids=["tag-twice", "stray-bytes", "delimiter-then-item", "not-an-item", "no-item-delimiter"])
+def test_what_a_sequence_holds_beyond_its_items_is_never_the_same(other):
+    """pydicom reads each of these quietly as the plain sequence (the last of a repeated tag, the items before a
+    stray delimiter); walked strictly, each is another file."""
+    plain = _part10(_sequence([_item(REFERENCE)], undefined=False))
+    assert not same_instance(plain, _part10(other))

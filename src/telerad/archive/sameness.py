@@ -10,45 +10,49 @@ Endian, Deflate: PS3.5 A.1-A.5), which changes the bytes but not one attribute. 
 are answered as a duplicate, not as a conflict.
 
 Compared: the Data Sets, never the File Meta. Identical Data Set bytes under the same transfer syntax are the
-same instance. Otherwise, when both transfer syntaxes are among the lossless native ones above (or are the same
-one), the Data Sets are read (Deflate inflated; every byte must belong to an element) and compared element
-by element on the *encoded values*: the same tags in the same order, the same VR where both files write it,
-each value's bytes equal (the element headers, which Implicit and Explicit VR write differently, aside),
-sequences item by item. Values are never decoded: text decoded under a character set it
-does not follow would compare equal when the bytes differ (pydicom replaces what it cannot decode), and
-numbers in strings would compare equal beyond their precision ("0" and "-0"). Group Length elements and trailing
-padding, which writers add or leave out, are not compared. Anything else (encapsulated pixel data in two
-different transfer syntaxes, Big Endian against Little, a private sequence read without its VR, a file that
-cannot be read) counts as different: when in doubt, a conflict, so that the first copy is kept and the sender
-is told, as for a Data Set with a tag twice or bytes after its last element.
+same instance. Otherwise, when both transfer syntaxes are among the lossless native ones above, or are the same
+Little Endian one, both Data Sets are walked here, strictly, into trees of elements (tag, VR where written,
+value bytes; sequences as items, encapsulated pixel data as fragments) and the trees compared: the same tags,
+the same VR where both files write it, each value's bytes equal. Values are never decoded: text decoded under a
+character set it does not follow compares equal when the bytes differ, numbers in strings beyond their
+precision. What only encodes a Data Set is not compared: element headers, defined or undefined lengths, Group
+Length elements, trailing padding. pydicom's reader is not used for this: it is lenient by design (it stops
+quietly at a stray delimiter or before trailing bytes, keeps the last of a repeated tag), which here would
+leave bytes uncompared. Anything the walk refuses (bytes outside any element, a tag twice in one Data Set, an
+item or delimiter out of place, a length past its end, an unknown VR) and anything else (encapsulated pixel
+data in two different transfer syntaxes, Big Endian, a private sequence written without its VR against one
+with it) counts as different: when in doubt, a conflict, so that the first copy is kept and the sender is told.
 """
 
 from __future__ import annotations
 
 import logging
+import struct
 import zlib
-from io import BytesIO
 
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.filereader import data_element_generator
-from pydicom.sequence import Sequence
-from pydicom.tag import BaseTag
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from telerad.archive.parse import file_meta_elements
 
 log = logging.getLogger(__name__)
 
 _TRANSFER_SYNTAX = 0x0010  # (0002,0010) Transfer Syntax UID
-_TRAILING_PADDING = 0xFFFCFFFC
 _NATIVE = frozenset({ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # PS3.5 7.5
+_TRAILING_PADDING, _PIXEL_DATA = 0xFFFCFFFC, 0x7FE00010
+_UNDEFINED = 0xFFFFFFFF
+_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL",
+                  "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US",
+                  "UT", "UV"})  # PS3.5 6.2
+_LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})  # 7.1.2
+_TAG_LENGTH = struct.Struct("<HHI")
+_SHORT_HEADER = struct.Struct("<HH2sH")
+
+# An element: (tag, VR as written or None, value); a value: its bytes, or a tuple of items, each a tuple of
+# elements (a sequence) or the bytes of a fragment (encapsulated pixel data).
+Element = tuple[int, str | None, "bytes | tuple[tuple[Element, ...] | bytes, ...]"]
 
 
 def same_instance(kept: bytes, received: bytes) -> bool:
@@ -60,12 +64,12 @@ def same_instance(kept: bytes, received: bytes) -> bool:
     kept_ts, received_ts = _uid(kept_meta.values), _uid(received_meta.values)
     if kept_ts == received_ts and kept[kept_meta.end:] == received[received_meta.end:]:
         return True
-    if kept_ts != received_ts and not {kept_ts, received_ts} <= _NATIVE:
+    if (kept_ts != received_ts and not {kept_ts, received_ts} <= _NATIVE) or _BIG_ENDIAN in (kept_ts, received_ts):
         return False
     try:
-        return _same_elements(_read(kept), _read(received))
-    except Exception:  # noqa: BLE001 - unreadable either way: not shown to be the same, so a conflict
-        log.debug("Data Sets not compared", exc_info=True)
+        return _same(_walk(kept[kept_meta.end:], kept_ts), _walk(received[received_meta.end:], received_ts))
+    except (ValueError, struct.error, zlib.error) as exc:  # not walked: not shown to be the same, so a conflict
+        log.debug("Data Sets not compared: %s", exc)
         return False
 
 
@@ -73,71 +77,114 @@ def _uid(values: dict[int, bytes]) -> str:
     return values.get(_TRANSFER_SYNTAX, b"").decode("ascii", "replace").strip("\0 ")
 
 
-def _read(part10: bytes) -> Dataset:
-    """The Data Set, its elements as read (raw). ValueError unless every byte after the File Meta belongs to
-    one element, and each tag comes once: pydicom stops quietly at a stray delimiter or before trailing bytes,
-    and keeps the last of a repeated tag, which would leave bytes uncompared."""
-    meta = file_meta_elements(part10)
-    ts = _uid(meta.values)
-    body = part10[meta.end:]
+def _walk(body: bytes, ts: str) -> tuple[Element, ...]:
+    """The Data Set after the File Meta as a tree of elements; ValueError unless every byte belongs to it."""
     if ts == DeflatedExplicitVRLittleEndian:  # PS3.5 A.5: raw deflate, then Explicit VR Little Endian
         stream = zlib.decompressobj(-zlib.MAX_WBITS)
         body = stream.decompress(body) + stream.flush()
         if not stream.eof or stream.unused_data not in (b"", b"\0"):  # a pad byte to an even length (A.5)
             raise ValueError("the deflated Data Set is cut short or followed by other bytes")
-        ts = ExplicitVRLittleEndian
-    implicit, little = ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian
-    fp = BytesIO(body)
-    elements: dict[BaseTag, DataElement | RawDataElement] = {}
-    end = 0
-    for element in data_element_generator(fp, implicit, little):
-        if element.tag in elements:
-            raise ValueError(f"{element.tag} comes twice")
-        elements[element.tag] = element
-        end = fp.tell()
-    if end != len(body):
-        raise ValueError(f"the Data Set's elements end at byte {end} of {len(body)}")
-    ds = Dataset(elements)
-    ds.set_original_encoding(implicit, little)
-    return ds
+    elements, _ = _data_set(body, 0, len(body), ts == ImplicitVRLittleEndian)
+    return elements
 
 
-def _same_elements(a: Dataset, b: Dataset) -> bool:
-    tags = [t for t in a.keys() if not _artefact(t)]
-    if tags != [t for t in b.keys() if not _artefact(t)]:
+def _data_set(buf: bytes, pos: int, end: int | None, implicit: bool) -> tuple[tuple[Element, ...], int]:
+    """The elements from ``pos`` to ``end`` exactly, or (``end`` None: an item of undefined length) up to its
+    Item Delimitation Item; and where they end."""
+    elements: list[Element] = []
+    seen: set[int] = set()
+    limit = len(buf) if end is None else end
+    while end is None or pos < end:
+        if pos + 8 > limit:
+            raise ValueError(f"an element header runs past the end at byte {pos}")
+        group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
+        tag = group << 16 | number
+        if tag == _ITEM_END and end is None:
+            if length:
+                raise ValueError(f"an Item Delimitation Item of length {length}")
+            return tuple(elements), pos + 8
+        if group == 0xFFFE or tag in seen:
+            raise ValueError(f"({group:04X},{number:04X}) out of place or twice at byte {pos}")
+        seen.add(tag)
+        vr, length, pos = _header(buf, pos, implicit)
+        value, pos = _value(buf, pos, limit, tag, vr, length, implicit)
+        if number != 0 and tag != _TRAILING_PADDING:  # Group Length and padding only encode the Data Set
+            elements.append((tag, vr, value))
+    return tuple(elements), pos
+
+
+def _header(buf: bytes, pos: int, implicit: bool) -> tuple[str | None, int, int]:
+    if implicit:
+        return None, _TAG_LENGTH.unpack_from(buf, pos)[2], pos + 8
+    _, _, raw_vr, length = _SHORT_HEADER.unpack_from(buf, pos)
+    vr = raw_vr.decode("latin-1")
+    if vr not in _VRS:
+        raise ValueError(f"unknown VR {vr!r} at byte {pos}")
+    if vr in _LONG:
+        if pos + 12 > len(buf):
+            raise ValueError(f"an element header runs past the end at byte {pos}")
+        return vr, struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+    return vr, length, pos + 8
+
+
+def _value(buf: bytes, pos: int, limit: int, tag: int, vr: str | None, length: int,
+           implicit: bool) -> tuple[bytes | tuple[tuple[Element, ...] | bytes, ...], int]:
+    sequence = vr == "SQ" or (vr is None and dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ")
+    if length == _UNDEFINED:
+        if vr in (None, "SQ", "UN") and not (vr is None and tag == _PIXEL_DATA):
+            # a sequence (undefined length in Implicit VR is one; UN of undefined length: Implicit VR, 6.2.2)
+            return _items(buf, pos, None, implicit or vr == "UN", fragments=False)
+        if vr in ("OB", "OW") and tag == _PIXEL_DATA:  # encapsulated pixel data (A.4)
+            return _items(buf, pos, None, implicit, fragments=True)
+        raise ValueError(f"undefined length for ({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr}")
+    if pos + length > limit:
+        raise ValueError(f"a value of {length} bytes runs past its end at byte {pos}")
+    if sequence:
+        items, end = _items(buf, pos, pos + length, implicit, fragments=False)
+        return items, end
+    return buf[pos:pos + length], pos + length
+
+
+def _items(buf: bytes, pos: int, end: int | None, implicit: bool,
+           fragments: bool) -> tuple[tuple[tuple[Element, ...] | bytes, ...], int]:
+    """Items from ``pos`` to ``end`` exactly, or (``end`` None) up to the Sequence Delimitation Item."""
+    items: list[tuple[Element, ...] | bytes] = []
+    limit = len(buf) if end is None else end
+    while end is None or pos < end:
+        if pos + 8 > limit:
+            raise ValueError(f"an item header runs past the end at byte {pos}")
+        group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
+        tag = group << 16 | number
+        pos += 8
+        if tag == _SEQUENCE_END and end is None and length == 0:
+            return tuple(items), pos
+        if tag != _ITEM:
+            raise ValueError(f"({group:04X},{number:04X}) where an item should be, at byte {pos - 8}")
+        item: tuple[Element, ...] | bytes
+        if length == _UNDEFINED and not fragments:
+            item, pos = _data_set(buf, pos, None, implicit)
+        elif length == _UNDEFINED or pos + length > limit:
+            raise ValueError(f"an item of length {length} at byte {pos - 8}")
+        elif fragments:
+            item, pos = buf[pos:pos + length], pos + length
+        else:
+            item, pos = _data_set(buf, pos, pos + length, implicit)
+        items.append(item)
+    return tuple(items), pos
+
+
+def _same(a: tuple[Element, ...], b: tuple[Element, ...]) -> bool:
+    """The same tags in order, the same VR where both are written, the same values (items compared alike)."""
+    if len(a) != len(b):
         return False
-    for tag in tags:
-        x, y = a.get_item(tag), b.get_item(tag)  # as read: raw, not converted
-        if x.VR and y.VR and x.VR != y.VR:  # both written with their VR (Explicit VR): the same bytes as US and
-            return False  # as SS, FL and UL, LO and LT are other values; only Implicit VR leaves it out
-        if _is_sequence(x) or _is_sequence(y):
-            items, others = a[tag].value, b[tag].value  # parsed into items, whose elements stay raw
-            if not (isinstance(items, Sequence) and isinstance(others, Sequence)) or len(items) != len(others):
+    for (tag, vr, value), (other_tag, other_vr, other_value) in zip(a, b, strict=True):
+        if tag != other_tag or (vr is not None and other_vr is not None and vr != other_vr):
+            return False
+        if isinstance(value, bytes) or isinstance(other_value, bytes):
+            if value != other_value:
                 return False
-            if not all(_same_elements(i, j) for i, j in zip(items, others, strict=True)):
-                return False
-        elif _encoded(x) != _encoded(y):
+        elif len(value) != len(other_value) or not all(
+                x == y if isinstance(x, bytes) or isinstance(y, bytes) else _same(x, y)
+                for x, y in zip(value, other_value, strict=True)):
             return False
     return True
-
-
-def _artefact(tag: BaseTag) -> bool:
-    """Group Length (gggg,0000), retired outside group 0002 (PS3.5 7.2), and Data Set Trailing Padding."""
-    return tag.element == 0 or tag == _TRAILING_PADDING
-
-
-def _is_sequence(element: DataElement | RawDataElement) -> bool:
-    vr = element.VR
-    if not vr and dictionary_has_tag(element.tag):  # Implicit VR: the dictionary's
-        vr = dictionary_VR(element.tag)
-    return vr == "SQ" or isinstance(element.value, Sequence)
-
-
-def _encoded(element: DataElement | RawDataElement) -> object:
-    """The value's bytes as encoded (an empty value: no bytes); an element pydicom converted while reading
-    (Specific Character Set; empty values in Implicit VR), its value, marked so that it never equals raw bytes."""
-    if isinstance(element, RawDataElement):
-        return element.value or b""
-    if element.is_empty:
-        return b""
-    return ("converted", element.value)

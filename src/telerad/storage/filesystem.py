@@ -195,8 +195,8 @@ class FileSystemStore:
         an orphan in the meantime. One syscall, as :meth:`exists` (``utime`` where ``access`` fails the same)."""
         try:
             os.utime(self._file(key))
-        except (FileNotFoundError, PermissionError):  # not ours to touch (restored by another user): a claim
-            return False  # that is not recorded protects nothing, so the caller writes and names its own copy
+        except OSError:  # gone, or not ours to touch (another user's file; EROFS, EIO): a claim that is not
+            return False  # recorded protects nothing, so the caller writes and names its own copy
         return True
 
     def put_chunks(self, chunks: Iterable[bytes]) -> tuple[str, int]:
