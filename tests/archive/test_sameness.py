@@ -183,7 +183,7 @@ UNDEFINED = 0xFFFFFFFF
 
 
 def _element(tag: int, vr: str, value: bytes) -> bytes:
-    if vr in ("SQ", "OB", "UN"):
+    if vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"):  # PS3.5 7.1.2
         return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode(), 0, len(value)) + value
     return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
 
@@ -230,3 +230,38 @@ def test_what_a_sequence_holds_beyond_its_items_is_never_the_same(other):
     stray delimiter); walked strictly, each is another file."""
     plain = _part10(_sequence([_item(REFERENCE)], undefined=False))
     assert not same_instance(plain, _part10(other))
+
+
+def test_sequences_nested_past_any_real_object_are_refused_not_raised():
+    """Each level of a sequence is a few stack frames: 400 levels would exhaust Python's stack."""
+    nested = _item(b"")
+    for _ in range(400):
+        nested = _item(_sequence([nested], undefined=True), undefined=True)
+    deep = _part10(_sequence([nested], undefined=True))
+    assert not same_instance(deep, _part10(_sequence([nested], undefined=False)))
+    assert same_instance(deep, deep[:128] + b"DICM" + deep[132:])  # the same bytes are the same, unwalked
+
+
+@pytest.mark.parametrize("hidden", [
+    _element(0x00100000, "UT", b"Doe^Jane: another patient "),  # an element 0000 that is no Group Length
+    _element(0x00110000, "SQ", _item(_element(0x00100010, "PN", b"Other "))),
+])
+def test_only_a_real_group_length_is_left_out(hidden):
+    plain = _part10(_sequence([_item(REFERENCE)], undefined=False))
+    body_at = parse.file_meta_elements(plain).end
+    group_length = struct.pack("<HH2sHI", 0x0008, 0x0000, b"UL", 4, 999)
+    with_group_length = plain[:body_at] + group_length + plain[body_at:]
+    assert same_instance(plain, with_group_length)  # a Group Length only encodes the Data Set
+    with_hidden = plain + hidden
+    assert not same_instance(plain, with_hidden)
+
+
+def test_a_written_vr_that_is_not_the_attributes_makes_it_another_file():
+    """Rows (0028,0010) is US: written as SS, FFFFH is -1, against 65535 in a file without VRs."""
+    implicit = rewritten(original("CT_small.dcm"), ImplicitVRLittleEndian, Rows=65535)
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.add_new(0x00280010, "SS", -1)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    assert not same_instance(implicit, buf.getvalue())
+    assert same_instance(implicit, rewritten(original("CT_small.dcm"), ExplicitVRLittleEndian, Rows=65535))

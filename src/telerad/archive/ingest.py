@@ -172,7 +172,11 @@ def _same_instance(ctx: Context, kept_key: str, data: bytes) -> bool:
     except OSError:
         log.warning("blob %s of a stored instance cannot be read", kept_key, exc_info=True)
         return False
-    return same_instance(kept, data)
+    try:
+        return same_instance(kept, data)
+    except Exception:  # noqa: BLE001 - it catches what a malformed object raises; anything else: a conflict
+        log.exception("instances not compared")
+        return False
 
 
 def _parse(ctx: Context, data: bytes, source: str) -> ParsedObject | StoreResult:

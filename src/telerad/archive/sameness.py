@@ -43,6 +43,7 @@ _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD  # PS3.5 7.5
 _TRAILING_PADDING, _PIXEL_DATA = 0xFFFCFFFC, 0x7FE00010
 _UNDEFINED = 0xFFFFFFFF
+_MAX_DEPTH = 64  # sequences in sequences: real objects nest a few levels; each level is a few stack frames
 _VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL",
                   "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US",
                   "UT", "UV"})  # PS3.5 6.2
@@ -50,9 +51,9 @@ _LONG = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "
 _TAG_LENGTH = struct.Struct("<HHI")
 _SHORT_HEADER = struct.Struct("<HH2sH")
 
-# An element: (tag, VR as written or None, value); a value: its bytes, or a tuple of items, each a tuple of
-# elements (a sequence) or the bytes of a fragment (encapsulated pixel data).
-Element = tuple[int, str | None, "bytes | tuple[tuple[Element, ...] | bytes, ...]"]
+# An element: (tag, VR as written or None, value); a value: its bytes (a view of the file's), or a tuple of
+# items, each a tuple of elements (a sequence) or the bytes of a fragment (encapsulated pixel data).
+Element = tuple[int, str | None, "memoryview | tuple[tuple[Element, ...] | memoryview, ...]"]
 
 
 def same_instance(kept: bytes, received: bytes) -> bool:
@@ -68,8 +69,8 @@ def same_instance(kept: bytes, received: bytes) -> bool:
         return False
     try:
         return _same(_walk(kept[kept_meta.end:], kept_ts), _walk(received[received_meta.end:], received_ts))
-    except (ValueError, struct.error, zlib.error) as exc:  # not walked: not shown to be the same, so a conflict
-        log.debug("Data Sets not compared: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - not walked (malformed, too deep, too large): not shown to be the
+        log.debug("Data Sets not compared: %s", exc)  # same, so a conflict
         return False
 
 
@@ -84,13 +85,16 @@ def _walk(body: bytes, ts: str) -> tuple[Element, ...]:
         body = stream.decompress(body) + stream.flush()
         if not stream.eof or stream.unused_data not in (b"", b"\0"):  # a pad byte to an even length (A.5)
             raise ValueError("the deflated Data Set is cut short or followed by other bytes")
-    elements, _ = _data_set(body, 0, len(body), ts == ImplicitVRLittleEndian)
+    elements, _ = _data_set(memoryview(body), 0, len(body), ts == ImplicitVRLittleEndian, 0)
     return elements
 
 
-def _data_set(buf: bytes, pos: int, end: int | None, implicit: bool) -> tuple[tuple[Element, ...], int]:
+def _data_set(buf: memoryview, pos: int, end: int | None, implicit: bool,
+              depth: int) -> tuple[tuple[Element, ...], int]:
     """The elements from ``pos`` to ``end`` exactly, or (``end`` None: an item of undefined length) up to its
-    Item Delimitation Item; and where they end."""
+    Item Delimitation Item; and where they end. ``depth``: how many sequences it is nested in."""
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"sequences nested more than {_MAX_DEPTH} deep")
     elements: list[Element] = []
     seen: set[int] = set()
     limit = len(buf) if end is None else end
@@ -107,17 +111,28 @@ def _data_set(buf: bytes, pos: int, end: int | None, implicit: bool) -> tuple[tu
             raise ValueError(f"({group:04X},{number:04X}) out of place or twice at byte {pos}")
         seen.add(tag)
         vr, length, pos = _header(buf, pos, implicit)
-        value, pos = _value(buf, pos, limit, tag, vr, length, implicit)
-        if number != 0 and tag != _TRAILING_PADDING:  # Group Length and padding only encode the Data Set
+        _written_vr_fits(tag, vr, implicit)
+        value, pos = _value(buf, pos, limit, tag, vr, length, implicit, depth)
+        # Group Length (a UL) and the top level's trailing padding only encode the Data Set (PS3.5 7.2, PS3.10 7.2)
+        if not ((number == 0 and vr in (None, "UL") and length == 4) or (tag == _TRAILING_PADDING and depth == 0)):
             elements.append((tag, vr, value))
     return tuple(elements), pos
 
 
-def _header(buf: bytes, pos: int, implicit: bool) -> tuple[str | None, int, int]:
+def _written_vr_fits(tag: int, vr: str | None, implicit: bool) -> None:
+    """An Explicit VR element of a standard attribute must carry one of its VRs (or UN): compared with an
+    Implicit VR file, which carries none, its bytes would otherwise be read as another attribute's."""
+    if vr is None or vr == "UN" or tag >> 16 & 1 or not dictionary_has_tag(tag):
+        return
+    if vr not in dictionary_VR(tag).split(" or "):
+        raise ValueError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) written as {vr}, not as its dictionary says")
+
+
+def _header(buf: memoryview, pos: int, implicit: bool) -> tuple[str | None, int, int]:
     if implicit:
         return None, _TAG_LENGTH.unpack_from(buf, pos)[2], pos + 8
     _, _, raw_vr, length = _SHORT_HEADER.unpack_from(buf, pos)
-    vr = raw_vr.decode("latin-1")
+    vr = bytes(raw_vr).decode("latin-1")
     if vr not in _VRS:
         raise ValueError(f"unknown VR {vr!r} at byte {pos}")
     if vr in _LONG:
@@ -127,28 +142,27 @@ def _header(buf: bytes, pos: int, implicit: bool) -> tuple[str | None, int, int]
     return vr, length, pos + 8
 
 
-def _value(buf: bytes, pos: int, limit: int, tag: int, vr: str | None, length: int,
-           implicit: bool) -> tuple[bytes | tuple[tuple[Element, ...] | bytes, ...], int]:
+def _value(buf: memoryview, pos: int, limit: int, tag: int, vr: str | None, length: int, implicit: bool,
+           depth: int) -> tuple[memoryview | tuple[tuple[Element, ...] | memoryview, ...], int]:
     sequence = vr == "SQ" or (vr is None and dictionary_has_tag(tag) and dictionary_VR(tag) == "SQ")
     if length == _UNDEFINED:
         if vr in (None, "SQ", "UN") and not (vr is None and tag == _PIXEL_DATA):
             # a sequence (undefined length in Implicit VR is one; UN of undefined length: Implicit VR, 6.2.2)
-            return _items(buf, pos, None, implicit or vr == "UN", fragments=False)
+            return _items(buf, pos, None, implicit or vr == "UN", False, depth)
         if vr in ("OB", "OW") and tag == _PIXEL_DATA:  # encapsulated pixel data (A.4)
-            return _items(buf, pos, None, implicit, fragments=True)
+            return _items(buf, pos, None, implicit, True, depth)
         raise ValueError(f"undefined length for ({tag >> 16:04X},{tag & 0xFFFF:04X}) {vr}")
     if pos + length > limit:
         raise ValueError(f"a value of {length} bytes runs past its end at byte {pos}")
     if sequence:
-        items, end = _items(buf, pos, pos + length, implicit, fragments=False)
-        return items, end
+        return _items(buf, pos, pos + length, implicit, False, depth)
     return buf[pos:pos + length], pos + length
 
 
-def _items(buf: bytes, pos: int, end: int | None, implicit: bool,
-           fragments: bool) -> tuple[tuple[tuple[Element, ...] | bytes, ...], int]:
+def _items(buf: memoryview, pos: int, end: int | None, implicit: bool, fragments: bool,
+           depth: int) -> tuple[tuple[tuple[Element, ...] | memoryview, ...], int]:
     """Items from ``pos`` to ``end`` exactly, or (``end`` None) up to the Sequence Delimitation Item."""
-    items: list[tuple[Element, ...] | bytes] = []
+    items: list[tuple[Element, ...] | memoryview] = []
     limit = len(buf) if end is None else end
     while end is None or pos < end:
         if pos + 8 > limit:
@@ -160,15 +174,15 @@ def _items(buf: bytes, pos: int, end: int | None, implicit: bool,
             return tuple(items), pos
         if tag != _ITEM:
             raise ValueError(f"({group:04X},{number:04X}) where an item should be, at byte {pos - 8}")
-        item: tuple[Element, ...] | bytes
+        item: tuple[Element, ...] | memoryview
         if length == _UNDEFINED and not fragments:
-            item, pos = _data_set(buf, pos, None, implicit)
+            item, pos = _data_set(buf, pos, None, implicit, depth + 1)
         elif length == _UNDEFINED or pos + length > limit:
             raise ValueError(f"an item of length {length} at byte {pos - 8}")
         elif fragments:
             item, pos = buf[pos:pos + length], pos + length
         else:
-            item, pos = _data_set(buf, pos, pos + length, implicit)
+            item, pos = _data_set(buf, pos, pos + length, implicit, depth + 1)
         items.append(item)
     return tuple(items), pos
 
@@ -180,11 +194,11 @@ def _same(a: tuple[Element, ...], b: tuple[Element, ...]) -> bool:
     for (tag, vr, value), (other_tag, other_vr, other_value) in zip(a, b, strict=True):
         if tag != other_tag or (vr is not None and other_vr is not None and vr != other_vr):
             return False
-        if isinstance(value, bytes) or isinstance(other_value, bytes):
+        if isinstance(value, memoryview) or isinstance(other_value, memoryview):
             if value != other_value:
                 return False
         elif len(value) != len(other_value) or not all(
-                x == y if isinstance(x, bytes) or isinstance(y, bytes) else _same(x, y)
+                x == y if isinstance(x, memoryview) or isinstance(y, memoryview) else _same(x, y)
                 for x, y in zip(value, other_value, strict=True)):
             return False
     return True
