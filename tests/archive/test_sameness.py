@@ -265,3 +265,26 @@ def test_a_written_vr_that_is_not_the_attributes_makes_it_another_file():
     ds.save_as(buf, enforce_file_format=True)
     assert not same_instance(implicit, buf.getvalue())
     assert same_instance(implicit, rewritten(original("CT_small.dcm"), ExplicitVRLittleEndian, Rows=65535))
+
+
+def test_trailing_padding_is_left_out_only_as_the_last_element():
+    plain = _part10(_sequence([_item(REFERENCE)], undefined=False))
+    padding = _element(0xFFFCFFFC, "OB", b"anything at all ")
+    at = parse.file_meta_elements(plain).end
+    assert same_instance(plain, plain + padding)
+    assert not same_instance(plain, plain[:at] + padding + plain[at:])
+
+
+def test_an_implicit_data_set_pydicom_would_read_as_explicit_is_never_the_same():
+    """pydicom takes a Data Set whose first element looks like an Explicit VR header for Explicit VR, whatever
+    the File Meta says; what it indexed may then differ from what a walk as Implicit VR would compare."""
+    def implicit(tag: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+    body = (implicit(0x00080016, b"1.2.840.10008.5.1.4.1.1.7\0") + implicit(0x00080018, b"1.2.3.4\0")
+            + implicit(0x00100010, b"Doe^John"))
+    header = part10_header("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", ImplicitVRLittleEndian)
+    kept = header + body
+    assert same_instance(kept, header + body + implicit(0xFFFCFFFC, b"\0" * 4))  # padding last: left out
+    crafted = header + b"\xfc\xff\xfc\xffUS\x00\x00" + b"\x00" * 0x5355 + body  # padding first, read as US
+    assert not same_instance(kept, crafted)

@@ -85,7 +85,12 @@ def _walk(body: bytes, ts: str) -> tuple[Element, ...]:
         body = stream.decompress(body) + stream.flush()
         if not stream.eof or stream.unused_data not in (b"", b"\0"):  # a pad byte to an even length (A.5)
             raise ValueError("the deflated Data Set is cut short or followed by other bytes")
-    elements, _ = _data_set(memoryview(body), 0, len(body), ts == ImplicitVRLittleEndian, 0)
+    implicit = ts == ImplicitVRLittleEndian
+    if implicit and len(body) >= 6 and all(0x41 <= c <= 0x5A for c in body[4:6]):
+        # pydicom reads such a Data Set as Explicit VR whatever the File Meta says (filereader._is_implicit_vr),
+        # and what telerad indexed was read that way: walked as Implicit, it would be another Data Set
+        raise ValueError("a Data Set said to be Implicit VR that pydicom reads as Explicit")
+    elements, _ = _data_set(memoryview(body), 0, len(body), implicit, 0)
     return elements
 
 
@@ -114,7 +119,8 @@ def _data_set(buf: memoryview, pos: int, end: int | None, implicit: bool,
         _written_vr_fits(tag, vr, implicit)
         value, pos = _value(buf, pos, limit, tag, vr, length, implicit, depth)
         # Group Length (a UL) and the top level's trailing padding only encode the Data Set (PS3.5 7.2, PS3.10 7.2)
-        if not ((number == 0 and vr in (None, "UL") and length == 4) or (tag == _TRAILING_PADDING and depth == 0)):
+        padding = tag == _TRAILING_PADDING and depth == 0 and pos == end  # the last element only
+        if not ((number == 0 and vr in (None, "UL") and length == 4) or padding):
             elements.append((tag, vr, value))
     return tuple(elements), pos
 
