@@ -104,10 +104,8 @@ def _data_set(buf: memoryview, pos: int, end: int | None, implicit: bool,
     seen: set[int] = set()
     limit = len(buf) if end is None else end
     while end is None or pos < end:
-        if pos + 8 > limit:
-            raise ValueError(f"an element header runs past the end at byte {pos}")
-        group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
-        tag = group << 16 | number
+        tag, length = _tag_and_length(buf, pos, limit)
+        group, number = tag >> 16, tag & 0xFFFF
         if tag == _ITEM_END and end is None:
             if length:
                 raise ValueError(f"an Item Delimitation Item of length {length}")
@@ -123,6 +121,14 @@ def _data_set(buf: memoryview, pos: int, end: int | None, implicit: bool,
         if not ((number == 0 and vr in (None, "UL") and length == 4) or padding):
             elements.append((tag, vr, value))
     return tuple(elements), pos
+
+
+def _tag_and_length(buf: memoryview, pos: int, limit: int) -> tuple[int, int]:
+    """The tag at ``pos`` and the 4-byte length after it (an Implicit VR header, an item's or a delimiter's)."""
+    if pos + 8 > limit:
+        raise ValueError(f"a header runs past the end at byte {pos}")
+    group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
+    return group << 16 | number, length
 
 
 def _written_vr_fits(tag: int, vr: str | None, implicit: bool) -> None:
@@ -171,10 +177,8 @@ def _items(buf: memoryview, pos: int, end: int | None, implicit: bool, fragments
     items: list[tuple[Element, ...] | memoryview] = []
     limit = len(buf) if end is None else end
     while end is None or pos < end:
-        if pos + 8 > limit:
-            raise ValueError(f"an item header runs past the end at byte {pos}")
-        group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
-        tag = group << 16 | number
+        tag, length = _tag_and_length(buf, pos, limit)
+        group, number = tag >> 16, tag & 0xFFFF
         pos += 8
         if tag == _SEQUENCE_END and end is None and length == 0:
             return tuple(items), pos
